@@ -30,8 +30,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import _validate
 from ._validate import check_like, check_tensor, check_timesteps
-from .likelihood import LOG2, discretized_gaussian_log_likelihood, mean_flat, normal_kl
+from .likelihood import LOG2, _discretized_gaussian_log_likelihood, check_pixel_range, mean_flat, normal_kl
 from .schedules import get_beta_schedule
 
 MEAN_TYPES = ("eps", "xstart", "xprev")
@@ -132,19 +133,26 @@ class GaussianDiffusion:
         self.alphas_cumprod_next = np.append(self.alphas_cumprod[1:], 0.0)
         assert self.alphas_cumprod_prev.shape == (T,)
 
+        # 1 - alphabar_t without cancellation: 1 - prod(1 - beta_s) = -expm1(sum log1p(-beta_s)).
+        # (Computed naively it loses ~12 digits at small t, where alphabar_t is within 1e-4 of 1.)
+        one_minus_ab = -np.expm1(np.cumsum(np.log1p(-betas)))
+        one_minus_ab_prev = np.append(0.0, one_minus_ab[:-1])
+        #: 1 - alphabar_t, the variance of q(x_t | x_0) (eq. 4), accurate to the last digit.
+        self.one_minus_alphas_cumprod = one_minus_ab
+
         #: sqrt(alphabar_t): the mean coefficient of q(x_t | x_0) (eq. 4).
         self.sqrt_alphas_cumprod = np.sqrt(self.alphas_cumprod)
         #: sqrt(1 - alphabar_t): the standard deviation of q(x_t | x_0) (eq. 4).
-        self.sqrt_one_minus_alphas_cumprod = np.sqrt(1.0 - self.alphas_cumprod)
+        self.sqrt_one_minus_alphas_cumprod = np.sqrt(one_minus_ab)
         #: log(1 - alphabar_t): the log-variance of q(x_t | x_0).
-        self.log_one_minus_alphas_cumprod = np.log(1.0 - self.alphas_cumprod)
+        self.log_one_minus_alphas_cumprod = np.log(one_minus_ab)
         #: 1 / sqrt(alphabar_t): x_0 = sqrt_recip * x_t - sqrt_recipm1 * eps (eq. 4 inverted).
         self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod)
         #: sqrt(1 / alphabar_t - 1).
-        self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / self.alphas_cumprod - 1.0)
+        self.sqrt_recipm1_alphas_cumprod = np.sqrt(one_minus_ab / self.alphas_cumprod)
 
         #: beta~_t = (1 - alphabar_{t-1}) / (1 - alphabar_t) * beta_t (eq. 7). Zero at code t = 0.
-        self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        self.posterior_variance = betas * one_minus_ab_prev / one_minus_ab
         #: log beta~_t with the t = 0 entry (log 0 = -inf) replaced by log beta~ at code t = 1.
         self.posterior_log_variance_clipped = np.log(
             np.append(self.posterior_variance[1], self.posterior_variance[1:])
@@ -152,10 +160,10 @@ class GaussianDiffusion:
             else np.array([betas[0]])
         )
         #: mu~_t = coef1 * x_0 + coef2 * x_t (eq. 7): coef1 = sqrt(alphabar_{t-1}) beta_t / (1 - alphabar_t).
-        self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        self.posterior_mean_coef1 = betas * np.sqrt(self.alphas_cumprod_prev) / one_minus_ab
         #: coef2 = sqrt(alpha_t) (1 - alphabar_{t-1}) / (1 - alphabar_t) (eq. 7).
         self.posterior_mean_coef2 = (
-            (1.0 - self.alphas_cumprod_prev) * np.sqrt(self.alphas) / (1.0 - self.alphas_cumprod)
+            one_minus_ab_prev * np.sqrt(self.alphas) / one_minus_ab
         )
         #: sigma_t^2 of ``fixedlarge``: beta_t, with the first entry replaced by beta~ at code t = 1
         #: (beta~ is 0 at code t = 0, so log beta~ would be -inf there; Section 3.2).
@@ -169,6 +177,7 @@ class GaussianDiffusion:
     # ------------------------------------------------------------------ helpers
     COEFFICIENT_NAMES = (
         "betas", "alphas", "alphas_cumprod", "alphas_cumprod_prev", "alphas_cumprod_next",
+        "one_minus_alphas_cumprod",
         "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod",
         "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod", "posterior_variance",
         "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
@@ -211,7 +220,7 @@ class GaussianDiffusion:
         """
         self._check_xt(x_start, t, "x_start")
         mean = self.extract("sqrt_alphas_cumprod", t, x_start) * x_start
-        var = self.extract("alphas_cumprod", t, x_start).neg().add(1.0)
+        var = self.extract("one_minus_alphas_cumprod", t, x_start)
         log_var = self.extract("log_one_minus_alphas_cumprod", t, x_start)
         return mean, var, log_var
 
@@ -412,9 +421,11 @@ class GaussianDiffusion:
         true_mean, _, true_log_var = self.q_posterior_mean_variance(x_start, x_t, t)
         out = self.p_mean_variance_from_output(output, x_t, t, clip_denoised=clip_denoised)
         kl = mean_flat(normal_kl(true_mean, true_log_var, out["mean"], out["log_variance"])) / LOG2
+        if _validate._VALUE_CHECKS:  # the decoder is only defined for pixel data, needed where t = 0
+            check_pixel_range("x_start (where t = 0)", x_start[t == 0])
         decoder_nll = -mean_flat(
-            discretized_gaussian_log_likelihood(
-                x_start, out["mean"], (0.5 * out["log_variance"]).expand_as(x_start)
+            _discretized_gaussian_log_likelihood(
+                x_start, out["mean"], (0.5 * out["log_variance"]).expand_as(x_start), "exact"
             )
         ) / LOG2
         return {

@@ -136,11 +136,21 @@ def discretized_gaussian_log_likelihood(
         )
     _check_broadcast("log_scales", log_scales, x)
     check_tensor("log_scales", log_scales, ndim_min=0)
-    if _validate._VALUE_CHECKS and (float(x.min()) < -1.0 - 1e-6 or float(x.max()) > 1.0 + 1e-6):
+    if _validate._VALUE_CHECKS:
+        check_pixel_range("x", x)
+    return _discretized_gaussian_log_likelihood(x, means, log_scales, cdf)
+
+
+def check_pixel_range(name: str, x: torch.Tensor) -> None:
+    """Raise ``ValueError`` unless every value of ``x`` lies in [-1, 1] (a value check)."""
+    if x.numel() and (float(x.min()) < -1.0 - 1e-6 or float(x.max()) > 1.0 + 1e-6):
         raise ValueError(
-            f"x must lie in [-1, 1] (pixels scaled as v/127.5 - 1), got range "
+            f"{name} must lie in [-1, 1] (pixels scaled as v/127.5 - 1), got range "
             f"[{float(x.min()):.4g}, {float(x.max()):.4g}]"
         )
+
+
+def _discretized_gaussian_log_likelihood(x, means, log_scales, cdf):
     centered = x - means
     inv_stdv = torch.exp(-log_scales)
     plus_in = inv_stdv * (centered + HALF_BIN)
