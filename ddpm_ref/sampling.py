@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ._validate import check_like, check_tensor
 from .diffusion import GaussianDiffusion, Model
