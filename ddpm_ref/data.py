@@ -798,7 +798,7 @@ class BatchStream:
             )
         if not isinstance(rank, int | np.integer) or not 0 <= rank < world_size:
             raise ValueError(f"rank must be an int in [0, {world_size}), got {rank!r}")
-        self.images = torch.from_numpy(np.ascontiguousarray(images))
+        self.images = np.ascontiguousarray(images)  # uint8 NHWC, kept in numpy
         self.num_images = int(images.shape[0])
         self.batch_size = int(batch_size)
         self.local_batch_size = int(batch_size) // int(world_size)
@@ -861,17 +861,22 @@ class BatchStream:
             self.epoch, self.position, self.rank * self.local_batch_size
         )
         idx, flp = self._positions(start_epoch, start_pos, self.local_batch_size)
-        x = self.images[idx]  # uint8 [b, H, W, 3]
-        if flp.any():
-            x[flp] = x[flp].flip(2)  # W axis of NHWC
-        x = x.permute(0, 3, 1, 2)
-        if self.device is not None and self.device.type == "cuda":
-            x = x.contiguous().pin_memory().to(self.device, non_blocking=True)
-        elif self.device is not None:
-            x = x.to(self.device)
-        x = x.to(torch.float32) / 127.5 - 1.0
+        # Gather, flip and transpose the uint8 pixels in numpy (single-threaded and cheap);
+        # the float conversion happens on the target device, so a GPU receives 1 byte/pixel.
+        idx_np, flp_np = idx.numpy(), flp.numpy()
+        x = self.images[idx_np]  # uint8 [b, H, W, 3], a copy
+        if flp_np.any():
+            x[flp_np] = x[flp_np, :, ::-1]  # reverse the W axis of NHWC
+        x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+        if self.device is not None and self.device.type != "cpu":
+            if self.device.type == "cuda":
+                x = x.pin_memory()
+            x = x.to(self.device, non_blocking=True)
+            x = x.to(torch.float32) / 127.5 - 1.0
+        else:  # numpy float math: same IEEE float32 results as torch, no thread start-up cost
+            x = torch.from_numpy(x.numpy().astype(np.float32) / np.float32(127.5) - np.float32(1.0))
         self.epoch, self.position = self._advance(self.epoch, self.position, self.batch_size)
-        return x.contiguous(), idx, flp
+        return x, idx, flp
 
     def next(self) -> torch.Tensor:
         """This rank's part of the next global batch: float32 ``[B / world_size, 3, H, W]`` in
