@@ -94,12 +94,13 @@ nbval: $(STAMP)
 	$(BIN)/python -m pytest --nbval --nbval-current-env --nbval-cell-timeout=600 \
 	  --nbval-sanitize-with nbval_sanitize.cfg notebooks
 
+# each step is timed (bash `time`), so CI logs show where the minutes go
 test: $(STAMP) chromium
-	$(MAKE) --no-print-directory lint
-	$(MAKE) --no-print-directory check-notebooks
-	$(MAKE) --no-print-directory book-stored
-	$(MAKE) --no-print-directory unit
-	$(MAKE) --no-print-directory nbval
+	time $(MAKE) --no-print-directory lint
+	time $(MAKE) --no-print-directory check-notebooks
+	time $(MAKE) --no-print-directory book-stored
+	time $(MAKE) --no-print-directory unit
+	time $(MAKE) --no-print-directory nbval
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest tests -m slow

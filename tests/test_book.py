@@ -167,6 +167,84 @@ def test_committed_toc_keeps_every_chapter():
 
 
 # --------------------------------------------------------------------------------------------
+# book/notation.md agrees with the code, README and CI entry point say what they must
+# --------------------------------------------------------------------------------------------
+def _paper_coefficients(betas):
+    """The notation page's table, computed independently with the paper's 1-based t.
+
+    Returns {attribute: array over code index c}, entry c being the paper's timestep c + 1.
+    """
+    import numpy as np
+
+    T = len(betas)
+    beta = {t: float(betas[t - 1]) for t in range(1, T + 1)}  # beta[t], t = 1..T
+    alpha = {t: 1.0 - beta[t] for t in beta}
+    abar = {0: 1.0}
+    for t in range(1, T + 1):
+        abar[t] = abar[t - 1] * alpha[t]
+    btil = {t: (1 - abar[t - 1]) / (1 - abar[t]) * beta[t] for t in beta}
+    rows = {
+        "betas": lambda t: beta[t],
+        "alphas": lambda t: alpha[t],
+        "alphas_cumprod": lambda t: abar[t],
+        "alphas_cumprod_prev": lambda t: abar[t - 1],
+        "alphas_cumprod_next": lambda t: abar[t + 1] if t < T else 0.0,
+        "one_minus_alphas_cumprod": lambda t: 1 - abar[t],
+        "sqrt_alphas_cumprod": lambda t: abar[t] ** 0.5,
+        "sqrt_one_minus_alphas_cumprod": lambda t: (1 - abar[t]) ** 0.5,
+        "log_one_minus_alphas_cumprod": lambda t: np.log(1 - abar[t]),
+        "sqrt_recip_alphas_cumprod": lambda t: abar[t] ** -0.5,
+        "sqrt_recipm1_alphas_cumprod": lambda t: (1 / abar[t] - 1) ** 0.5,
+        "posterior_variance": lambda t: btil[t],
+        "posterior_log_variance_clipped": lambda t: np.log(btil[t] if t > 1 else btil[2]),
+        "posterior_mean_coef1": lambda t: abar[t - 1] ** 0.5 * beta[t] / (1 - abar[t]),
+        "posterior_mean_coef2": lambda t: alpha[t] ** 0.5 * (1 - abar[t - 1]) / (1 - abar[t]),
+        "fixedlarge_variance": lambda t: beta[t] if t > 1 else btil[2],
+        "fixedlarge_log_variance": lambda t: np.log(beta[t] if t > 1 else btil[2]),
+    }
+    return {name: np.array([f(c + 1) for c in range(T)]) for name, f in rows.items()}
+
+
+def test_notation_table_matches_gaussian_diffusion():
+    """Every attribute in book/notation.md exists, is float64 [T], and equals its stated formula
+    (code index t = paper timestep t + 1); every coefficient of the class is in the table."""
+    import numpy as np
+
+    diffusion = pytest.importorskip("ddpm_ref.diffusion")
+    text = (REPO / "book" / "notation.md").read_text(encoding="utf8")
+    table = re.findall(r"^\| `([a-z_0-9]+)` \|", text, flags=re.M)
+    assert len(table) >= 14
+    betas = np.linspace(1e-4, 0.02, 50)  # the paper's linear schedule, shortened
+    d = diffusion.GaussianDiffusion(betas)
+    expected = _paper_coefficients(betas)
+    assert set(table) == set(expected)  # the page documents exactly what is checked here
+    assert set(getattr(d, "COEFFICIENT_NAMES", table)) <= set(table)
+    for name in table:
+        value = getattr(d, name)
+        assert isinstance(value, np.ndarray) and value.dtype == np.float64, name
+        assert value.shape == (50,), name
+        np.testing.assert_allclose(value, expected[name], rtol=1e-12, atol=0, err_msg=name)
+    assert d.alphas_cumprod_prev[0] == 1.0 and d.posterior_variance[0] == 0.0
+    assert diffusion.paper_timestep(0) == 1 and diffusion.code_timestep(1) == 0
+
+
+def test_readme_first_screen_and_ci_entry_point():
+    readme = (REPO / "README.md").read_text(encoding="utf8")
+    first_block = re.search(r"```bash\n(.*?)```", readme, flags=re.S).group(1)
+    commands = [line.split("#")[0].strip() for line in first_block.splitlines()]
+    assert [c for c in commands if c] == ["make book", "make test"]
+    assert readme.index("make book") < 1200  # on the first screen
+    ci = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
+    assert [line for line in ci if line and not line.startswith(("#", "set ", "cd "))] == [
+        "make test"
+    ]
+    makefile = (REPO / "Makefile").read_text(encoding="utf8")
+    for target in ("book:", "test:", "venv:", "chromium:", "nbval:", "unit:"):
+        assert re.search(rf"^{target}", makefile, flags=re.M), target
+    assert "DDPM_BOOK_CHECK=1" in makefile and "--nbval-sanitize-with nbval_sanitize.cfg" in makefile
+
+
+# --------------------------------------------------------------------------------------------
 # nbval_sanitize.cfg: machine noise is normalised, mathematics is not
 # --------------------------------------------------------------------------------------------
 def _sanitizer():
