@@ -480,7 +480,7 @@ class GaussianDiffusion:
     def prior_bpd(self, x_start: torch.Tensor) -> torch.Tensor:
         """L_T = KL(q(x_T | x_0) || N(0, I)) per example in bits/dim, shape [N] (eq. 5).
 
-        Has no learnable parameter; about 1e-5 bits/dim for the paper's schedule (Section 4.3).
+        Has no learnable parameter; about 1e-5 bits/dim for the paper's schedule (Section 4, first paragraph).
         """
         check_tensor("x_start", x_start)
         n = x_start.shape[0]

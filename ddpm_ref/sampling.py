@@ -10,7 +10,7 @@
   eta = 1 on the full chain it coincides with ancestral sampling under ``fixedsmall``.
 - :func:`interpolate` encodes two images to x_t with q, mixes the latents linearly and
   decodes with the reverse process, with the reverse noise fixed across mixing weights
-  (Section 4.3, Figure 8).
+  (Section 4.4, Figure 8).
 """
 
 from __future__ import annotations
@@ -243,7 +243,7 @@ def interpolate(
     clip_denoised: bool = True,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Interpolate two images in latent space (Section 4.3, Figure 8).
+    """Interpolate two images in latent space (Section 4.4, Figure 8).
 
     ``x_a``, ``x_b``: [C, H, W] images in [-1, 1]; ``t``: code timestep of the latent (the paper
     uses its t = 500, i.e. code t = 499). Both images are encoded once with the stochastic encoder
