@@ -166,6 +166,23 @@ def test_committed_toc_keeps_every_chapter():
     assert all(re.fullmatch(r"notebooks/\d\d_[a-z0-9_]+", f) for f in chapters)
 
 
+
+def test_toc_chapter_numbers_match_notebook_prefixes():
+    """With continuous numbering across numbered parts, notebook NN_topic is shown as chapter NN."""
+    toc = yaml.safe_load((REPO / "_toc.yml").read_text(encoding="utf8"))
+    number = 0
+    seen = 0
+    for part in toc["parts"]:
+        for chapter in part["chapters"]:
+            if part.get("numbered"):
+                number += 1
+            m = re.fullmatch(r"notebooks/(\d\d)_\w+", chapter["file"])
+            if m:
+                seen += 1
+                assert part.get("numbered"), chapter["file"]
+                assert int(m.group(1)) == number, f"{chapter['file']} is shown as chapter {number}"
+    assert seen == 12
+
 # --------------------------------------------------------------------------------------------
 # book/notation.md agrees with the code, README and CI entry point say what they must
 # --------------------------------------------------------------------------------------------
