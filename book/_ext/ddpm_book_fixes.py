@@ -6,6 +6,12 @@ do) is registered twice, once with filename ``None`` and once with ``''``, so ev
 carried ``const THEBE_JS_URL = ...`` twice and the browser threw "Identifier 'THEBE_JS_URL'
 has already been declared". The headless-browser check (tools/check_book_html.py) fails on
 any uncaught script error, so this extension drops the exact duplicates from each page.
+
+MathJax on every page. Sphinx loads MathJax only on pages whose body contains mathematics, but
+the navigation sidebar of every page shows every chapter title, and a title may contain math
+(e.g. "The $\epsilon$-parameterisation"). On a page without math of its own, such a title was
+left as raw ``\(\epsilon\)``. ``html_assets_policy = "always"`` loads the (offline) MathJax on
+every page, so titles are typeset everywhere.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ def _dedupe_scripts(app, pagename, templatename, context, doctree) -> None:
 
 
 def setup(app):
+    app.set_html_assets_policy("always")
     # after the theme and the other extensions (default priority 500) filled the context
     app.connect("html-page-context", _dedupe_scripts, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
