@@ -1,4 +1,4 @@
-"""Local Sphinx extension: small fixes to the HTML that Jupyter Book 1.0.4 produces.
+r"""Local Sphinx extension: small fixes to the HTML that Jupyter Book 1.0.4 produces.
 
 Duplicate inline scripts. Under Sphinx 7.4 an inline script that an extension adds after the
 builder started (``app.add_js_file(None, body=...)``, as sphinx-thebe and sphinx-togglebutton
