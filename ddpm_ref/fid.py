@@ -375,7 +375,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
     The trace term is computed from eigenvalues instead of a general matrix square root:
     ``sigma1 sigma2`` is similar to the symmetric PSD ``M = sigma1^{1/2} sigma2 sigma1^{1/2}``,
-    so ``tr((sigma1 sigma2)^{1/2}) = sum_i sqrt(lambda_i(M))``. Both square roots use
+    so ``tr((sigma1 sigma2)^{1/2}) = sum_i sqrt(lambda_i(M))`` -- the identity behind TF-GAN's
+    ``trace_sqrt_product``, which the original DDPM code used (through an SVD-based NumPy
+    port, with the same unbiased ``1/(n - 1)`` covariances). Both square roots use
     ``np.linalg.eigh``/``eigvalsh``; eigenvalues below the rank tolerance
     ``d * eps * lambda_max`` (round-off, e.g. in the null space of a sample covariance from
     fewer images than dimensions) are set to 0. This avoids the complex results and the
