@@ -1,0 +1,88 @@
+"""The benchmark machinery runs (tiny config, 1 repeat) and counts FLOPs right. No timing asserts."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from ddpm_ref.bench import (
+    diffusers_config_for,
+    format_report,
+    forward_flops,
+    main,
+    parse_variant,
+    run_benchmark,
+)
+from ddpm_ref.unet import build_unet, count_parameters, unet_config
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+pytest.importorskip("diffusers")
+
+
+def test_parse_variant():
+    assert parse_variant("fp32") == frozenset()
+    assert parse_variant("compile+bf16+channels_last") == {"compile", "bf16", "cl"}
+    for bad in ("", "fp16", "bf16+fp32", "cl+gpu"):
+        with pytest.raises(ValueError):
+            parse_variant(bad)
+
+
+def test_diffusers_config_for_builds_same_size_network():
+    from diffusers import UNet2DModel
+
+    for name in ("cifar10", "tiny", "tiny16"):
+        ref = UNet2DModel(**diffusers_config_for(unet_config(name)))
+        assert sum(p.numel() for p in ref.parameters()) == count_parameters(name), name
+
+
+def test_cifar10_forward_flops_match_design_figure():
+    m = build_unet("cifar10").eval()
+    flops = forward_flops(m, torch.randn(1, 3, 32, 32), torch.tensor([10]))
+    assert 12.0e9 < flops < 12.2e9  # design.md: about 12.1 GFLOP per 32x32 image
+    # linear in the batch size
+    assert forward_flops(m, torch.randn(2, 3, 32, 32), torch.tensor([1, 2])) == 2 * flops
+
+
+def test_run_benchmark_tiny_smoke():
+    result = run_benchmark(config="tiny", batch=2, repeats=1, warmup=0,
+                           variants=["fp32", "bf16", "cl"], progress=False)
+    assert result["params"] == count_parameters("tiny")
+    assert result["flops_per_image"] == result["flops_per_image_diffusers"] > 0
+    for mode in ("train", "sample"):
+        r = result["results"][mode]
+        assert set(r["runners"]) == {"diffusers fp32", "ddpm_ref fp32", "ddpm_ref bf16",
+                                     "ddpm_ref cl"}
+        for row in r["runners"].values():
+            assert len(row["times_s"]) == 1 and row["median_s"] > 0
+            assert math.isfinite(row["ratio"]) and row["ratio"] > 0
+        assert r["runners"]["diffusers fp32"]["ratio"] == 1.0
+        assert r["fastest"].startswith("ddpm_ref")
+    text = format_report(result)
+    assert "ddpm_ref bf16" in text and "FLOPs" in text
+    json.dumps(result)  # JSON-ready
+
+
+def test_main_cli_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    main(["--config", "tiny16", "--batch", "2", "--repeats", "1", "--warmup", "0",
+          "--variants", "fp32", "--modes", "sample", "--no-flops", "--quiet",
+          "--json", str(out)])
+    data = json.loads(out.read_text())
+    assert set(data["results"]) == {"sample"}
+    assert data["env"]["command"].startswith("python -m ddpm_ref.bench --config tiny16")
+    assert "sample: sampling step" in capsys.readouterr().out
+
+
+def test_run_benchmark_validation():
+    with pytest.raises(ValueError, match="batch"):
+        run_benchmark(config="tiny", batch=0)
+    with pytest.raises(ValueError, match="modes"):
+        run_benchmark(config="tiny", modes=["infer"])
+    with pytest.raises(ValueError, match="variant"):
+        run_benchmark(config="tiny", variants=["fp64"])
+    with pytest.raises(ValueError, match="unknown UNet configuration"):
+        run_benchmark(config="mnist", repeats=1)
