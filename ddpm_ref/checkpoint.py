@@ -1,0 +1,208 @@
+"""Training checkpoints: atomic writes, safe loading, and the random-number-generator states.
+
+A checkpoint written by :mod:`ddpm_ref.train` is one ``torch.save`` file holding only tensors and
+plain Python values (dicts, lists, str, int, float, bool, None), so it loads with
+``torch.load(weights_only=True)``: opening a checkpoint never runs code from the file.
+Its keys (see :func:`check_train_checkpoint`):
+
+``format``, ``version``
+    :data:`FORMAT` and :data:`VERSION`.
+``step``
+    Number of optimizer updates done.
+``config``
+    The :class:`ddpm_ref.config.Config` as a dict (:func:`ddpm_ref.config.config_to_dict`).
+``model``, ``ema``
+    ``state_dict`` of the U-Net and of its exponential moving average (float32 master copies).
+``optimizer``
+    Adam's ``state_dict`` (moments and step counts).
+``data_stream``
+    :meth:`ddpm_ref.data.BatchStream.state_dict` (epoch and position of the data order).
+``generator``
+    State of the ``torch.Generator`` that draws the timesteps t and the noise eps.
+``rng``
+    A list with one entry per process (rank) of the global generators: torch CPU, torch CUDA
+    (dropout uses the global torch generator), numpy and Python's ``random``, each converted to
+    tensors / lists by :func:`capture_global_rng`.
+``world_size``, ``torch_version``, ``metrics``
+    Process count of the run, the torch version, and the last logged scalars.
+
+Writing (:func:`atomic_save`): the object goes to a temporary file in the destination's
+directory, is flushed and ``fsync``-ed, and only then renamed over the destination with
+``os.replace`` (atomic on POSIX and Windows); the directory is ``fsync``-ed too. A crash or an
+exception while saving leaves the previous file intact; the temporary file is removed on an
+exception (a hard kill can leave a ``.<name>.*.tmp`` file behind, which is harmless).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "CheckpointError",
+    "atomic_save",
+    "load_checkpoint",
+    "check_train_checkpoint",
+    "capture_global_rng",
+    "restore_global_rng",
+    "numpy_rng_to_dict",
+    "numpy_rng_from_dict",
+    "python_rng_to_dict",
+    "python_rng_from_dict",
+]
+
+FORMAT = "ddpm_ref.train_checkpoint"
+VERSION = 1
+_REQUIRED = ("format", "version", "step", "config", "model", "ema", "optimizer", "data_stream",
+             "generator", "rng", "world_size")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable (truncated, not a torch file) or lacks keys."""
+
+
+def _fsync_dir(directory: Path) -> None:
+    """fsync a directory so that a rename inside it is durable (no-op where unsupported)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_save(obj, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically: temp file in the same directory, flush, fsync,
+    ``os.replace``. On any exception the temp file is removed and ``path`` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu", *, check: bool = True) -> dict:
+    """Load a checkpoint with ``torch.load(weights_only=True)``.
+
+    With ``check`` (default) the result must be a training checkpoint of this package
+    (:func:`check_train_checkpoint`). Raises :class:`CheckpointError` (a ``ValueError``) naming the
+    file if it is missing, truncated, not a torch file, or lacks required keys.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zips surface as RuntimeError, KeyError, EOFError, ...
+        if isinstance(exc, pickle.UnpicklingError) and "weights_only" in str(exc):
+            raise CheckpointError(
+                f"refusing to load {path}: it contains objects other than tensors and plain values "
+                f"(torch.load(weights_only=True) said: {str(exc).splitlines()[0]})"
+            ) from exc
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+            "(truncated, corrupted, or not a torch checkpoint)"
+        ) from exc
+    if check:
+        check_train_checkpoint(obj, path)
+    return obj
+
+
+def check_train_checkpoint(obj, path: str | os.PathLike = "<checkpoint>") -> dict:
+    """Raise :class:`CheckpointError` unless ``obj`` is a training checkpoint of this package."""
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is not a ddpm_ref training checkpoint (expected a dict with format={FORMAT!r}; "
+            "a converted .safetensors U-Net is loaded by ddpm_ref.convert.load_unet)"
+        )
+    if obj.get("version") != VERSION:
+        raise CheckpointError(f"{path}: unsupported checkpoint version {obj.get('version')!r}, expected {VERSION}")
+    missing = [k for k in _REQUIRED if k not in obj]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks keys {missing}")
+    return obj
+
+
+# --------------------------------------------------------------------------------------- RNG states
+def numpy_rng_to_dict() -> dict:
+    """numpy's legacy global generator state (``np.random.get_state()``) as tensors/primitives."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "kind": str(kind),
+        "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64).copy()),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached),
+    }
+
+
+def numpy_rng_from_dict(d: dict) -> None:
+    """Inverse of :func:`numpy_rng_to_dict`."""
+    keys = d["keys"].cpu().numpy().astype(np.uint32)
+    np.random.set_state((d["kind"], keys, int(d["pos"]), int(d["has_gauss"]), float(d["cached_gaussian"])))
+
+
+def python_rng_to_dict() -> dict:
+    """Python's ``random`` state (version, 625 ints, gauss_next) as tensors/primitives."""
+    version, internal, gauss_next = random.getstate()
+    return {
+        "version": int(version),
+        "state": torch.tensor(internal, dtype=torch.int64),
+        "gauss_next": None if gauss_next is None else float(gauss_next),
+    }
+
+
+def python_rng_from_dict(d: dict) -> None:
+    """Inverse of :func:`python_rng_to_dict`."""
+    internal = tuple(int(v) for v in d["state"].tolist())
+    random.setstate((int(d["version"]), internal, d["gauss_next"]))
+
+
+def capture_global_rng() -> dict:
+    """This process's global generators: ``{"torch", "cuda", "numpy", "python"}``.
+
+    ``cuda`` is the list of per-device states (empty if CUDA is not initialised).
+    """
+    cuda = []
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        cuda = [s.cpu() for s in torch.cuda.get_rng_state_all()]
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": cuda,
+        "numpy": numpy_rng_to_dict(),
+        "python": python_rng_to_dict(),
+    }
+
+
+def restore_global_rng(state: dict) -> None:
+    """Inverse of :func:`capture_global_rng`."""
+    torch.set_rng_state(state["torch"].cpu())
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available():  # a GPU run resumed on a CPU skips them
+        for i, s in enumerate(cuda[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s.cpu(), i)
+    numpy_rng_from_dict(state["numpy"])
+    python_rng_from_dict(state["python"])
