@@ -118,9 +118,10 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", *, check: bool 
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zips surface as RuntimeError, KeyError, EOFError, ...
         if isinstance(exc, pickle.UnpicklingError) and "weights_only" in str(exc):
+            lines = [ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln or "Unpickler" in ln]
             raise CheckpointError(
                 f"refusing to load {path}: it contains objects other than tensors and plain values "
-                f"(torch.load(weights_only=True) said: {str(exc).splitlines()[0]})"
+                f"({lines[0] if lines else 'torch.load(weights_only=True) failed'})"
             ) from exc
         raise CheckpointError(
             f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
