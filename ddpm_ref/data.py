@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 __all__ = [
     "CIFAR10_CLASSES",

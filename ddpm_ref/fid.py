@@ -59,7 +59,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 __all__ = [
     "FEATURE_DIM",
