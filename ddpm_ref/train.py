@@ -634,6 +634,22 @@ class Trainer:
             "metrics": dict(self.history[-1]) if self.history else {},
         }
 
+    @torch.no_grad()
+    def _check_ranks_agree(self) -> None:
+        """Under DDP the parameters and the EMA must be identical on every rank: compare float64
+        fingerprints (sums of all entries) across ranks, and stop if they differ."""
+        fp = torch.stack([
+            torch.stack([p.double().sum() for p in self._model_params]).sum(),
+            torch.stack([p.double().sum() for p in self._ema_params]).sum(),
+        ])  # fmt: skip
+        gathered = [torch.empty_like(fp) for _ in range(self.world_size)]
+        dist.all_gather(gathered, fp)
+        if any(not torch.equal(g, gathered[0]) for g in gathered):
+            raise RuntimeError(
+                f"model/EMA parameters differ between ranks at step {self.step} "
+                f"(fingerprints {[g.tolist() for g in gathered]}); the run is not a valid DDP run"
+            )
+
     def save_checkpoint(self, keep: bool = False) -> Path | None:
         """Write ``checkpoints/last.pt`` atomically (and ``step_XXXXXXX.pt`` if ``keep``).
 
@@ -644,6 +660,7 @@ class Trainer:
         self._drain()  # never checkpoint an unchecked state
         rng = capture_global_rng()
         if self.world_size > 1:
+            self._check_ranks_agree()
             gathered = [None] * self.world_size
             dist.all_gather_object(gathered, rng)
         else:
