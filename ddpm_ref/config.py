@@ -134,7 +134,7 @@ class TrainConfig:
     sample_every: int = 10_000
     #: Number of images in that grid.
     num_samples: int = 64
-    #: Reverse steps used for that grid: 0 = all T (Algorithm 2); K > 0 = K respaced steps.
+    #: Reverse steps used for that grid: 0 (or >= T) = all T (Algorithm 2); 0 < K < T = K respaced steps.
     sample_timesteps: int = 0
     #: Write ``checkpoints/last.pt`` every this many steps (and at the end).
     checkpoint_every: int = 5000
@@ -463,11 +463,6 @@ def validate_config(cfg: Config) -> Config:
     _positive_int("train.sample_every", t.sample_every, 0)
     _positive_int("train.num_samples", t.num_samples)
     _positive_int("train.sample_timesteps", t.sample_timesteps, 0)
-    if t.sample_timesteps > d.num_timesteps:
-        raise ValueError(
-            f"train.sample_timesteps ({t.sample_timesteps}) cannot exceed diffusion.num_timesteps "
-            f"({d.num_timesteps})"
-        )
     _positive_int("train.checkpoint_every", t.checkpoint_every)
     _positive_int("train.keep_every", t.keep_every, 0)
     try:

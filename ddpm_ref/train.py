@@ -684,9 +684,8 @@ class Trainer:
 
         tc = self.config.train
         n = int(num or tc.num_samples)
-        diffusion = self.diffusion if tc.sample_timesteps in (0, self.diffusion.num_timesteps) else respace(
-            self.diffusion, tc.sample_timesteps
-        )
+        k = tc.sample_timesteps
+        diffusion = self.diffusion if k == 0 or k >= self.diffusion.num_timesteps else respace(self.diffusion, k)
         g = torch.Generator(device=self.device).manual_seed(derive_seed(tc.seed, _SEED_SAMPLES))
         res, ch = self.model.resolution, self.model.in_channels
         with value_checks(False), _autocast(self.device, self.bf16):

@@ -1,0 +1,229 @@
+"""Evaluation: model loading (EMA), bits/dim with its breakdown, samples, FID plumbing."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from ddpm_ref.config import apply_overrides, get_config
+from ddpm_ref.data import from_uint8, load_sample
+from ddpm_ref.evaluate import (
+    compute_fid,
+    evaluate_bpd,
+    generate_samples,
+    load_model,
+    load_samples,
+    reference_statistics,
+    save_bpd,
+    save_samples,
+)
+from ddpm_ref.train import Trainer, derive_seed
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _images16(x):
+    return x.reshape(-1, 16, 2, 16, 2, 3).astype(np.float64).mean(axis=(2, 4)).round().astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A 16x16 model trained for 3 steps with T = 20; returns (checkpoint path, trainer)."""
+    out = tmp_path_factory.mktemp("run")
+    cfg = apply_overrides(get_config("tiny"), [
+        "model.unet=tiny16", "diffusion.num_timesteps=20", "train.batch_size=8", "train.total_steps=3",
+        "train.sample_every=0", "train.log_every=1", "optim.warmup_steps=0", "train.ema_decay=0.5",
+    ])  # fmt: skip
+    tr = Trainer(cfg, out, images=_images16(load_sample("train")[0][:64]), device="cpu", progress=False,
+                 tensorboard=False)
+    tr.fit()
+    tr.close()
+    return out / "checkpoints" / "last.pt", tr
+
+
+def test_load_model_uses_the_ema_weights(run):
+    path, tr = run
+    model, diffusion, cfg, info = load_model(path)
+    assert info == {"path": str(path), "step": 3, "weights": "ema"}
+    assert not model.training and diffusion.num_timesteps == 20 and cfg.model.unet == "tiny16"
+    for a, b in zip(model.parameters(), tr.ema.parameters(), strict=True):
+        assert torch.equal(a, b)
+    raw, _, _, info = load_model(path, use_ema=False)
+    assert info["weights"] == "raw"
+    for a, b in zip(raw.parameters(), tr.model.parameters(), strict=True):
+        assert torch.equal(a, b.detach())
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), raw.parameters(), strict=True))
+
+
+def test_load_converted_model(run, tmp_path):
+    from ddpm_ref.convert import save_unet
+
+    path, tr = run
+    st = save_unet(tr.ema, tmp_path / "m.safetensors")
+    model, diffusion, cfg, info = load_model(st, config=tr.config)
+    assert info["weights"] == "converted" and diffusion.num_timesteps == 20
+    x = torch.zeros(2, 3, 16, 16)
+    t = torch.tensor([0, 19])
+    torch.testing.assert_close(model(x, t), tr.ema(x, t))
+    learned = apply_overrides(tr.config, ["diffusion.model_var_type=learned_range", "diffusion.loss_type=hybrid"])
+    with pytest.raises(ValueError, match="outputs 3 channels but the diffusion"):
+        load_model(st, config=learned)
+    with pytest.raises(ValueError, match="not found"):
+        load_model(tmp_path / "missing.safetensors")
+    with pytest.raises(ValueError, match="checkpoint not found"):
+        load_model(tmp_path / "missing.pt")
+
+
+def test_bpd_breakdown_adds_up_and_matches_calc_bpd_loop(run):
+    path, _ = run
+    model, diffusion, _, _ = load_model(path)
+    images = _images16(load_sample("test")[0][:5])
+    res = evaluate_bpd(model, diffusion, images, batch_size=3, seed=7, progress=False)
+    T = diffusion.num_timesteps
+    assert res["num_images"] == 5 and res["num_timesteps"] == T
+    pi, pt = res["per_image"], res["per_t"]
+    assert all(v.shape == (5,) for v in pi.values()) and all(v.shape == (T,) for v in pt.values())
+    # total = L_T + L_0 + sum of the KL terms, per image and on average
+    np.testing.assert_allclose(pi["total_bpd"], pi["prior_bpd"] + pi["decoder_bpd"] + pi["kl_bpd"], rtol=1e-12)
+    assert res["bpd"] == pytest.approx(res["prior_bpd"] + res["decoder_bpd"] + res["kl_bpd"], rel=1e-12)
+    assert res["bpd"] == pytest.approx(pt["terms_bpd"].sum() + res["prior_bpd"], rel=1e-12)
+    assert res["decoder_bpd"] == pytest.approx(pt["terms_bpd"][0], rel=1e-12)
+    assert np.isfinite(res["bpd"]) and res["bpd"] > 0 and res["bpd_stderr"] > 0
+    # the wiring: batch 1 (images 3..4) equals calc_bpd_loop with that batch's generator
+    g = torch.Generator().manual_seed(derive_seed(7, 11, 1))
+    with torch.no_grad():
+        direct = diffusion.calc_bpd_loop(model, from_uint8(images[3:5]), generator=g)
+    np.testing.assert_allclose(pi["total_bpd"][3:], direct["total_bpd"].double().numpy(), rtol=1e-6)
+    # deterministic for a seed, different for another
+    again = evaluate_bpd(model, diffusion, images, batch_size=3, seed=7, progress=False)
+    assert np.array_equal(again["per_image"]["total_bpd"], pi["total_bpd"])
+    other = evaluate_bpd(model, diffusion, images, batch_size=3, seed=8, progress=False)
+    assert not np.array_equal(other["per_image"]["total_bpd"], pi["total_bpd"])
+
+
+def test_bpd_input_checks(run):
+    path, _ = run
+    model, diffusion, _, _ = load_model(path)
+    with pytest.raises(ValueError, match="uint8"):
+        evaluate_bpd(model, diffusion, np.zeros((2, 16, 16, 3), np.float32))
+    with pytest.raises(ValueError, match="batch_size"):
+        evaluate_bpd(model, diffusion, np.zeros((2, 16, 16, 3), np.uint8), batch_size=0)
+    with pytest.raises(ValueError, match="GaussianDiffusion"):
+        evaluate_bpd(model, "not a diffusion", np.zeros((2, 16, 16, 3), np.uint8))
+
+
+def test_save_bpd(run, tmp_path):
+    path, _ = run
+    model, diffusion, _, _ = load_model(path)
+    res = evaluate_bpd(model, diffusion, _images16(load_sample("test")[0][:2]), progress=False)
+    j, n = save_bpd(res, tmp_path / "e", meta={"checkpoint": str(path)})
+    d = json.loads(j.read_text())
+    assert d["bpd"] == res["bpd"] and d["checkpoint"] == str(path) and "per_image" not in d
+    with np.load(n) as f:
+        assert f["t_terms_bpd"].shape == (20,) and f["image_total_bpd"].shape == (2,)
+
+
+def test_generate_samples_reproducible_and_batch_indexed(run):
+    path, _ = run
+    model, diffusion, _, _ = load_model(path)
+    a = generate_samples(model, diffusion, 5, batch_size=2, seed=3, progress=False)
+    assert a.shape == (5, 16, 16, 3) and a.dtype == np.uint8
+    b = generate_samples(model, diffusion, 4, batch_size=2, seed=3, progress=False)
+    assert np.array_equal(a[:4], b)  # full batch i always uses the noise of (seed, i)
+    c = generate_samples(model, diffusion, 4, batch_size=2, seed=4, progress=False)
+    assert not np.array_equal(b, c)
+    d = generate_samples(model, diffusion, 2, sampler="ddim", steps=5, progress=False)
+    e = generate_samples(model, diffusion, 2, sampler="ddim", steps=5, progress=False)
+    assert d.shape == (2, 16, 16, 3) and np.array_equal(d, e)
+    f = generate_samples(model, diffusion, 2, sampler="ancestral", steps=4, progress=False)
+    assert f.shape == (2, 16, 16, 3)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"sampler": "euler"}, "sampler must be"),
+        ({"steps": 0}, r"steps must be an int in \[1, 20\]"),
+        ({"steps": 21}, "steps must be"),
+        ({"eta": -1.0}, "eta must be >= 0"),
+        ({"batch_size": 0}, "batch_size"),
+    ],
+)
+def test_generate_samples_errors(run, kw, match):
+    model, diffusion, _, _ = load_model(run[0])
+    with pytest.raises(ValueError, match=match):
+        generate_samples(model, diffusion, 2, progress=False, **kw)
+    with pytest.raises(ValueError, match="num must be a positive int"):
+        generate_samples(model, diffusion, 0)
+
+
+def test_save_and_load_samples(tmp_path):
+    x = load_sample("test")[0][:10]
+    npz, png = save_samples(x, tmp_path / "s", meta={"seed": 1}, grid_size=4)
+    assert np.array_equal(load_samples(npz), x) and png.is_file()
+    with np.load(npz) as f:
+        assert json.loads(str(f["meta"])) == {"seed": 1}
+    np.savez(tmp_path / "other.npz", arr=x)
+    assert np.array_equal(load_samples(tmp_path / "other.npz"), x)
+    np.savez(tmp_path / "bad.npz", a=np.zeros(3))
+    with pytest.raises(ValueError, match="expected an 'images' array"):
+        load_samples(tmp_path / "bad.npz")
+    with pytest.raises(ValueError, match="not found"):
+        load_samples(tmp_path / "none.npz")
+    with pytest.raises(ValueError, match="uint8"):
+        save_samples(x.astype(np.float32), tmp_path / "t")
+
+
+def test_reference_statistics_refuse_lossy_folders(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "jpg" / "cat").mkdir(parents=True)
+    for i, img in enumerate(load_sample("test")[0][:3]):
+        Image.fromarray(img).save(tmp_path / "jpg" / "cat" / f"{i}.jpg", quality=75)
+    with pytest.raises(ValueError, match="not pixel-exact"):
+        reference_statistics(f"folder:{tmp_path / 'jpg'}", progress=False)
+    with pytest.raises(ValueError, match="num_images must lie"):
+        reference_statistics("sample:test", num_images=1, progress=False)
+
+
+def _toy_feature_net(path):
+    """A small TorchScript stand-in for Inception ([N, 3, 299, 299] -> [N, 16]) for fast plumbing tests."""
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = torch.nn.Conv2d(3, 16, 7, stride=4)
+
+        def forward(self, x):
+            return torch.tanh(self.conv(x)).mean(dim=(2, 3))
+
+    with warnings.catch_warnings():  # TorchScript is deprecated in torch >= 2.10, still supported
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(Net().eval()), str(path))
+    return path
+
+
+@pytest.mark.parametrize("real_inception", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_fid_of_a_set_against_its_own_statistics_is_zero(tmp_path, real_inception):
+    from ddpm_ref.fid import save_statistics
+
+    weights = None if real_inception else _toy_feature_net(tmp_path / "toy.pt")
+    n = 6 if real_inception else 40
+    stats = reference_statistics("sample:test", num_images=n, batch_size=n, progress=False, weights=weights)
+    assert stats.n == n and stats.pixel_exact and "sample:test" in stats.source
+    path = save_statistics(tmp_path / "ref.npz", stats)
+    images = load_sample("test")[0][:n]
+    assert compute_fid(images, path, batch_size=n, progress=False, weights=weights) == pytest.approx(0.0, abs=1e-3)
+    other = load_sample("train")[0][:n]
+    assert compute_fid(other, stats, batch_size=n, progress=False, weights=weights) > 1e-2
