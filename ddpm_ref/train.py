@@ -340,13 +340,12 @@ class Trainer:
                 config = ckpt_cfg
             if overrides:
                 config = apply_overrides(config, overrides)
-            else:
-                bad = [k for k in changed_keys(ckpt_cfg, config) if k not in RESUME_SAFE_KEYS]
-                if bad:
-                    raise ValueError(
-                        f"cannot resume {resume_path} with a changed recipe: {bad} differ from the "
-                        f"checkpoint (only {sorted(RESUME_SAFE_KEYS)} may change); start a new run instead"
-                    )
+            bad = [k for k in changed_keys(ckpt_cfg, config) if k not in RESUME_SAFE_KEYS]
+            if bad:
+                raise ValueError(
+                    f"cannot resume {resume_path} with a changed recipe: {bad} differ from the "
+                    f"checkpoint (only {sorted(RESUME_SAFE_KEYS)} may change); start a new run instead"
+                )
         elif self.last_path.is_file():
             raise ValueError(
                 f"{self.out_dir} already holds a run ({self.last_path}); pass --resume to continue it "

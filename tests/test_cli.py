@@ -1,0 +1,169 @@
+"""``python -m ddpm_ref``: help texts, clear errors, and train -> resume -> sample -> evaluate -> convert."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from ddpm_ref.__main__ import main
+from ddpm_ref.checkpoint import load_checkpoint
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _cli(*args, cwd):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("WORLD_SIZE", None)
+    proc = subprocess.run([sys.executable, "-m", "ddpm_ref", *map(str, args)], capture_output=True, text=True,
+                          timeout=600, env=env, cwd=cwd)
+    assert proc.returncode == 0, f"{args}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+def test_module_help_runs_as_a_program(tmp_path):
+    out = _cli("--help", cwd=tmp_path)
+    for cmd in ("train", "sample", "evaluate", "fid-stats", "convert"):
+        assert cmd in out
+
+
+@pytest.mark.parametrize(
+    "cmd, expected",
+    [
+        ("train", ["--config", "--data", "--out", "--resume", "--set", "--bf16", "--compile", "torchrun",
+                   "cifar10:<root>", "--channels-last", "--stop-at"]),
+        ("sample", ["--checkpoint", "--num", "--sampler", "--steps", "--eta", "samples.npz", "EMA"]),
+        ("evaluate", ["--metric", "bpd", "fid", "--split", "--ref-stats", "--ref-data", "--num-images"]),
+        ("fid-stats", ["--data", "--split", "pixel-exact"]),
+        ("convert", ["source", "--out", "diffusers", "pytorch_diffusion", "--no-ema"]),
+    ],
+)
+def test_subcommand_help(cmd, expected, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for word in expected:
+        assert word in text, (cmd, word)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--config", "imagenet", "--out", "{tmp}/r"], "unknown config"),
+        (["train", "--config", "tiny", "--data", "webdataset:x", "--out", "{tmp}/r"], "unknown data spec"),
+        (["train", "--config", "tiny", "--data", "folder:{tmp}/missing", "--out", "{tmp}/r"], "image folder not found"),
+        (["train", "--config", "tiny", "--data", "cifar10:{tmp}/nope", "--out", "{tmp}/r"], "CIFAR-10 not found under"),
+        (["train", "--config", "tiny", "--set", "optim.learning_rate=1", "--out", "{tmp}/r"], "unknown field"),
+        (["train", "--config", "tiny", "--set", "model.dropout=2", "--out", "{tmp}/r"], "model.dropout must be"),
+        (["train", "--config", "tiny", "--device", "cuda", "--out", "{tmp}/r"], "CUDA is not available"),
+        (["train", "--config", "{tmp}/missing.json", "--out", "{tmp}/r"], "config file not found"),
+        (["sample", "--checkpoint", "{tmp}/none.pt", "--out", "{tmp}/s"], "checkpoint not found"),
+        (["sample", "--checkpoint", "{tmp}/none.pt", "--out", "{tmp}/s", "--sampler", "ddim"], "needs --steps"),
+        (["evaluate", "--out", "{tmp}/e"], "needs --checkpoint"),
+        (["evaluate", "--metric", "fid", "--samples", "{tmp}/s.npz"], "exactly one of --ref-stats or --ref-data"),
+        (["fid-stats", "--data", "folder:{tmp}/missing", "--out", "{tmp}/x.npz"], "image folder not found"),
+        (["convert", "{tmp}/none.bin", "--out", "{tmp}/m.safetensors"], "does not exist"),
+    ],
+)
+def test_bad_arguments_give_clear_errors(tmp_path, capsys, argv, message):
+    code = main([a.replace("{tmp}", str(tmp_path)) for a in argv] + (["--no-progress"] if argv[0] != "convert" else []))
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and message in err, err
+
+
+def test_argparse_errors_exit_2(capsys):
+    for argv in (["train"], ["bogus"], ["sample", "--out", "x"], ["train", "--out", "x", "--threads", "0"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+    capsys.readouterr()
+
+
+def test_print_config(capsys):
+    assert main(["train", "--config", "tiny", "--out", "unused", "--lr", "3e-4", "--set", "model.dropout=0",
+                 "--print-config"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["optim"]["lr"] == 3e-4 and cfg["model"]["dropout"] == 0.0 and cfg["model"]["unet"] == "tiny"
+
+
+COMMON = ["--device", "cpu", "--no-progress", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """``python -m ddpm_ref train`` in a subprocess: tiny config, T = 50, 4 steps at batch 4."""
+    tmp = tmp_path_factory.mktemp("cli")
+    run = tmp / "run"
+    out = _cli("train", "--config", "tiny", "--data", "sample", "--out", run, "--steps", "4", "--batch-size", "4",
+               "--set", "diffusion.num_timesteps=50", "--set", "train.log_every=1", "--set", "train.sample_every=4",
+               "--set", "train.num_samples=4", *COMMON, cwd=tmp)
+    return tmp, run, out
+
+
+def test_train_sample_evaluate_end_to_end(cli_run):
+    tmp, run, out = cli_run
+    assert "done: step 4" in out
+    assert (run / "samples" / "step_0000004.png").is_file() and (run / "tb").is_dir()
+    ckpt = run / "checkpoints" / "last.pt"
+    assert load_checkpoint(ckpt)["config"]["diffusion"]["num_timesteps"] == 50
+
+    _cli("sample", "--checkpoint", ckpt, "--out", tmp / "samples", "--num", "3", "--batch-size", "2", *COMMON,
+         cwd=tmp)
+    with np.load(tmp / "samples" / "samples.npz") as f:
+        images, meta = f["images"], json.loads(str(f["meta"]))
+    assert images.shape == (3, 32, 32, 3) and images.dtype == np.uint8
+    assert meta["checkpoint"]["weights"] == "ema" and meta["steps"] == 50
+    assert (tmp / "samples" / "samples.png").is_file()
+
+    out = _cli("evaluate", "--checkpoint", ckpt, "--data", "sample", "--split", "test", "--num-images", "3",
+               "--batch-size", "2", "--out", tmp / "eval", *COMMON, cwd=tmp)
+    assert "bits/dim" in out
+    res = json.loads((tmp / "eval" / "bpd.json").read_text())
+    assert res["num_images"] == 3 and res["num_timesteps"] == 50 and res["data"]["split"] == "test"
+    assert res["bpd"] == pytest.approx(res["prior_bpd"] + res["decoder_bpd"] + res["kl_bpd"], rel=1e-9)
+    assert 0 < res["bpd"] < 100 and res["checkpoint"]["step"] == 4
+    with np.load(tmp / "eval" / "bpd.npz") as f:
+        assert f["t_terms_bpd"].shape == (50,)
+
+
+def test_resume_and_convert_through_main(cli_run, tmp_path, capsys):
+    import shutil
+
+    _, src, _ = cli_run
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    # an existing run is not overwritten by accident
+    assert main(["train", "--config", "tiny", "--out", str(run), *COMMON]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    # extend the run: the recipe comes from the checkpoint, only the length changes
+    assert main(["train", "--out", str(run), "--resume", "--steps", "6", "--no-tensorboard", *COMMON]) == 0
+    assert "done: step 6" in capsys.readouterr().out
+    ckpt = run / "checkpoints" / "last.pt"
+    assert load_checkpoint(ckpt)["step"] == 6
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
+    # changing the recipe on resume is refused
+    assert main(["train", "--out", str(run), "--resume", "--lr", "1", *COMMON]) == 2
+    assert "changed recipe" in capsys.readouterr().err
+
+    # export the EMA weights; sampling from the converted file with the run's recipe gives the same images
+    assert main(["convert", str(ckpt), "--out", str(tmp_path / "ema.safetensors")]) == 0
+    assert "702,499 parameters" in capsys.readouterr().out
+    a = ["sample", "--num", "2", "--batch-size", "2", "--steps", "5", *COMMON]
+    assert main([*a, "--checkpoint", str(ckpt), "--out", str(tmp_path / "s1")]) == 0
+    assert main([*a, "--checkpoint", str(tmp_path / "ema.safetensors"), "--config", str(run / "config.json"),
+                 "--out", str(tmp_path / "s2")]) == 0
+    with np.load(tmp_path / "s1" / "samples.npz") as f1, np.load(tmp_path / "s2" / "samples.npz") as f2:
+        assert f1["images"].shape == (2, 32, 32, 3) and np.array_equal(f1["images"], f2["images"])
+    capsys.readouterr()
