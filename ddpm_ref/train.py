@@ -379,9 +379,15 @@ class Trainer:
         unet_kw = cfg.unet_kwargs()
         res = unet_kw["resolution"]
         if images is None:
+            # with --download under DDP, rank 0 fetches the archive while the others wait
+            first = download and self.world_size > 1
+            if first and not self.is_main:
+                dist.barrier()
             images, self.data_info = load_images(
                 cfg.data, "train", image_size=res, download=download, progress=progress and self.is_main
             )
+            if first and self.is_main:
+                dist.barrier()
         else:
             images = np.asarray(images)
             if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
@@ -424,7 +430,7 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             fwd = DDP(self.model, device_ids=ids, output_device=ids[0] if ids else None,
-                      broadcast_buffers=False, gradient_as_bucket_view=True)
+                      broadcast_buffers=False)
         if self.compile:
             fwd = torch.compile(fwd)
         self.forward_model = fwd

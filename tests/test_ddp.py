@@ -120,8 +120,12 @@ def test_two_process_gloo_run_equals_one_process(tmp_path):
     assert float((res - ref).norm() / (ref - t0).norm()) < 1e-3
 
 
-def test_global_batch_must_divide_by_world_size(tmp_path):
-    _setup(tmp_path, steps=2, batch=3)
-    proc = _torchrun(tmp_path, tmp_path / "bad")
-    assert proc.returncode != 0
-    assert "train.batch_size=3 is not divisible by the number of processes (2)" in proc.stderr
+def test_global_batch_must_divide_by_world_size(tmp_path, monkeypatch):
+    """Checked before any collective (so every rank fails fast with the same message)."""
+    import ddpm_ref.train as train_mod
+
+    cfg = _setup(tmp_path, steps=2, batch=3)
+    monkeypatch.setattr(train_mod, "init_distributed",
+                        lambda device: (train_mod.DistInfo(rank=1, world_size=2), torch.device("cpu")))
+    with pytest.raises(ValueError, match=r"train.batch_size=3 is not divisible by the number of processes \(2\)"):
+        Trainer(cfg, tmp_path / "bad", device="cpu", progress=False, tensorboard=False)
