@@ -78,6 +78,7 @@ __all__ = [
     "save_statistics",
     "load_statistics",
     "fid_from_images",
+    "load_sample_features",
 ]
 
 FEATURE_DIM = 2048
@@ -571,3 +572,32 @@ def fid_from_images(
     feats = inception_features(images, batch_size, device, progress, weights)
     mu, sigma = feature_statistics(feats)
     return frechet_distance(mu, sigma, ref_stats.mu, ref_stats.sigma)
+
+
+SAMPLE_FEATURES_FILE = Path(__file__).resolve().parent / "assets" / "cifar10_sample_inception.npz"
+_SAMPLE_FEATURE_SETS = ("train", "test", "train_jpeg75")
+
+
+def load_sample_features(split: str = "train") -> np.ndarray:
+    """Inception pool3 features of the shipped CIFAR-10 sample, precomputed (float64 ``[N, 2048]``).
+
+    ``split``: ``"train"`` (the 1024 images of ``data.load_sample("train")``), ``"test"`` (256),
+    or ``"train_jpeg75"`` (the same training images after a JPEG quality-75 round trip: the
+    lossy-reference pitfall). Computed with :data:`DEFAULT_EXTRACTOR` by
+    ``tools/make_sample_features.py`` (stored as float16: ~3 significant digits, far below the
+    sampling noise of FID at these sizes); ``tools/make_sample_features.py --check N``
+    recomputes N images per set and compares.
+    """
+    if split not in _SAMPLE_FEATURE_SETS:
+        raise ValueError(f"split must be one of {_SAMPLE_FEATURE_SETS}, got {split!r}")
+    if not SAMPLE_FEATURES_FILE.is_file():
+        raise FileNotFoundError(
+            f"{SAMPLE_FEATURES_FILE} is missing: regenerate it with `python tools/make_sample_features.py`"
+        )
+    with np.load(SAMPLE_FEATURES_FILE) as z:
+        if str(z["extractor"]) != DEFAULT_EXTRACTOR or str(z["inception_sha1"]) != INCEPTION_SHA1:
+            raise ValueError(
+                f"{SAMPLE_FEATURES_FILE} was made with {z['extractor']} (sha1 {z['inception_sha1']}), "
+                f"not {DEFAULT_EXTRACTOR}: regenerate it with tools/make_sample_features.py"
+            )
+        return z[split].astype(np.float64)

@@ -344,3 +344,17 @@ def test_real_fid_orders_image_sets():
     noise = np.random.default_rng(0).integers(0, 256, (256, 32, 32, 3), dtype=np.uint8)
     far = fid.fid_from_images(noise, ref)
     assert 0 < near < 0.5 * far
+
+
+def test_shipped_sample_features_match_a_recomputation():
+    """The precomputed features of the shipped sample are what the extractor gives (first 2 images)."""
+    from ddpm_ref.data import load_sample
+
+    feats = fid.load_sample_features("train")
+    assert feats.shape == (1024, 2048) and feats.dtype == np.float64
+    assert fid.load_sample_features("test").shape == (256, 2048)
+    fresh = fid.inception_features(load_sample("train")[0][:2], batch_size=2, progress=False)
+    # stored as float16: relative precision ~5e-4 of each value
+    assert np.allclose(feats[:2], fresh, rtol=2e-3, atol=2e-3)
+    with pytest.raises(ValueError, match="split must be one of"):
+        fid.load_sample_features("valid")
