@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
         "DDIM with K steps. Writes <out>/samples.npz (uint8 [N,32,32,3]) and <out>/samples.png. "
         "Under torchrun the batches are shared between processes.",
     )
-    p.add_argument("--checkpoint", required=True, help="training checkpoint (.pt) or converted U-Net (.safetensors)")
+    p.add_argument("--checkpoint", required=True,
+                   help="training checkpoint (.pt), converted U-Net (.safetensors), or a directory holding one")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--num", type=int, default=64, help="number of images (default 64; the paper's FID used 50000)")
     p.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
@@ -109,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (batch i uses (seed, i))")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
-    p.add_argument("--config", default=None, help="recipe for a .safetensors model (default: cifar10)")
+    p.add_argument("--config", default=None,
+                   help="recipe for a .safetensors model (default: config.json next to it, else cifar10)")
     _add_device(p)
 
     # ------------------------------------------------------------------ evaluate
@@ -126,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="training checkpoint (.pt) or converted U-Net (.safetensors)")
     p.add_argument("--out", default=None, help="output directory (default: next to the checkpoint/samples)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
-    p.add_argument("--config", default=None, help="recipe for a .safetensors model (default: cifar10)")
+    p.add_argument("--config", default=None,
+                   help="recipe for a .safetensors model (default: config.json next to it, else cifar10)")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.add_argument("--batch-size", type=int, default=None, help="images per batch (bpd 64, sampling 256, Inception 50)")
     g = p.add_argument_group("bpd")
@@ -220,10 +223,7 @@ def _cmd_train(args) -> int:
 
 
 def _model_args(args):
-    from .config import load_config
-
-    cfg = load_config(args.config) if args.config else None
-    return cfg
+    return args.config  # a preset name or .json path (load_model resolves it), or None
 
 
 def _cmd_sample(args) -> int:

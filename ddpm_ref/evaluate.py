@@ -48,6 +48,19 @@ _SEED_BPD, _SEED_SAMPLE = 11, 12
 
 
 # ----------------------------------------------------------------------------------- models
+def _resolve_model_path(path: Path) -> Path:
+    """A directory stands for ``ema.safetensors`` inside it, else its training checkpoint
+    (``checkpoints/last.pt`` of a run directory, or ``last.pt``)."""
+    if not path.is_dir():
+        return path
+    for cand in (path / "ema.safetensors", path / "checkpoints" / "last.pt", path / "last.pt"):
+        if cand.is_file():
+            return cand
+    raise ValueError(
+        f"{path} is a directory without ema.safetensors, checkpoints/last.pt or last.pt; pass a model file"
+    )
+
+
 def load_model(
     path: str | os.PathLike,
     device: str | torch.device = "cpu",
@@ -57,23 +70,43 @@ def load_model(
 ):
     """Load a model for evaluation: ``(model, diffusion, config, info)``.
 
-    ``path`` is a training checkpoint (``.pt``, :mod:`ddpm_ref.checkpoint`; the EMA weights unless
-    ``use_ema=False``) or a ``.safetensors`` U-Net written by :func:`ddpm_ref.convert.save_unet`
-    (then the diffusion comes from ``config``, by default the paper's CIFAR-10 recipe). The model
-    is in eval mode (no dropout) on ``device``. ``info`` = ``{"path", "step", "weights"}``.
-    """
-    from .checkpoint import load_checkpoint
-    from .config import config_from_dict, get_config
+    ``path`` is one of
 
-    path = Path(path)
+    - a training checkpoint (``.pt``, :mod:`ddpm_ref.checkpoint`): the EMA weights unless
+      ``use_ema=False``, and the run's own recipe;
+    - a ``.safetensors`` U-Net written by :func:`ddpm_ref.convert.save_unet` (e.g. by
+      ``python -m ddpm_ref convert <run>/checkpoints/last.pt --out ema.safetensors``): the diffusion comes
+      from ``config`` (a :class:`~ddpm_ref.config.Config` or a path / preset name for
+      :func:`~ddpm_ref.config.load_config`), else from a ``config.json`` next to the file, else -- with a
+      warning -- from the paper's CIFAR-10 recipe;
+    - a directory: its ``ema.safetensors`` (+ ``config.json``), else its ``checkpoints/last.pt`` or ``last.pt``.
+
+    The model is in eval mode (no dropout) on ``device``. ``info`` = ``{"path", "step", "weights"}``.
+    """
+    import warnings
+
+    from .checkpoint import load_checkpoint
+    from .config import Config, config_from_dict, get_config, load_config
+
+    path = _resolve_model_path(Path(path))
     device = torch.device(device)
+    if config is not None and not isinstance(config, Config):
+        config = load_config(config)
     if path.suffix == ".safetensors":
         from .convert import load_unet
 
         if not path.is_file():
             raise ValueError(f"model file not found: {path}")
         model = load_unet(path)
-        cfg = config if config is not None else get_config("cifar10")
+        cfg = config
+        if cfg is None and (path.parent / "config.json").is_file():
+            cfg = load_config(path.parent / "config.json")
+        if cfg is None:
+            warnings.warn(
+                f"no config for {path} (no config= and no config.json next to it): using the paper's CIFAR-10 "
+                "diffusion (T=1000, linear betas, eps, fixedlarge)", stacklevel=2,
+            )
+            cfg = get_config("cifar10")
         info = {"path": str(path), "step": None, "weights": "converted"}
     else:
         ckpt = load_checkpoint(path)

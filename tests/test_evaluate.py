@@ -84,6 +84,34 @@ def test_load_converted_model(run, tmp_path):
         load_model(tmp_path / "missing.pt")
 
 
+def test_load_model_from_a_folder_or_with_a_sibling_config(run, tmp_path):
+    import warnings as w
+
+    from ddpm_ref.config import save_config
+    from ddpm_ref.convert import save_unet
+
+    path, tr = run
+    folder = tmp_path / "shipped"
+    save_unet(tr.ema, folder / "ema.safetensors")
+    save_config(tr.config, folder / "config.json")
+    for target in (folder, folder / "ema.safetensors"):  # the diffusion comes from config.json (T = 20)
+        model, diffusion, cfg, info = load_model(target)
+        assert diffusion.num_timesteps == 20 and info["path"] == str(folder / "ema.safetensors")
+    # a run directory means its last checkpoint
+    _, _, _, info = load_model(path.parent.parent)
+    assert info["path"] == str(path) and info["weights"] == "ema"
+    # config as a path or preset name
+    assert load_model(folder / "ema.safetensors", config=folder / "config.json")[1].num_timesteps == 20
+    # no config anywhere: the paper's recipe, with a warning
+    alone = save_unet(tr.ema, tmp_path / "alone" / "m.safetensors")
+    with w.catch_warnings(record=True) as rec:
+        w.simplefilter("always")
+        assert load_model(alone)[1].num_timesteps == 1000
+    assert any("no config for" in str(r.message) for r in rec)
+    with pytest.raises(ValueError, match="directory without ema.safetensors"):
+        load_model(tmp_path / "alone")
+
+
 def test_bpd_breakdown_adds_up_and_matches_calc_bpd_loop(run):
     path, _ = run
     model, diffusion, _, _ = load_model(path)
