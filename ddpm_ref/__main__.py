@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ref-stats", default=None, help="reference statistics .npz (from 'fid-stats')")
     g.add_argument("--ref-data", default=None, help="compute reference statistics from this data spec instead")
     g.add_argument("--ref-split", default="train", help="split of --ref-data (default train, as the paper)")
+    g.add_argument("--feature-weights", default=None,
+                   help="TorchScript feature network (default: the TF-Inception pool3 port); must match the stats")
     _add_device(p)
 
     # ------------------------------------------------------------------ fid-stats
@@ -160,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, default=None, help="use only the first N images")
     p.add_argument("--out", required=True, help="output .npz")
     p.add_argument("--batch-size", type=int, default=50, help="images per Inception batch")
+    p.add_argument("--feature-weights", default=None,
+                   help="TorchScript feature network (default: the TF-Inception pool3 port)")
     p.add_argument("--download", action="store_true", help="download the CIFAR-10 archive if missing")
     _add_device(p)
 
@@ -253,6 +257,12 @@ def _cmd_sample(args) -> int:
     return 0
 
 
+def _next_to(checkpoint) -> Path:
+    """Default output directory of an evaluation: ``eval/`` beside the checkpoint (inside a directory)."""
+    p = Path(checkpoint)
+    return (p if p.is_dir() else p.parent) / "eval"
+
+
 def _cmd_evaluate(args) -> int:
     from .evaluate import compute_fid, evaluate_bpd, generate_samples, load_model, load_samples, save_bpd
     from .train import init_distributed, load_images
@@ -274,7 +284,7 @@ def _cmd_evaluate(args) -> int:
             result = evaluate_bpd(model, diffusion, images, batch_size=args.batch_size or 64, device=device,
                                   seed=args.seed, progress=not args.no_progress)
             if info.is_main:
-                out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
+                out = Path(args.out) if args.out else _next_to(args.checkpoint)
                 meta = {"checkpoint": minfo, "data": dinfo, "seed": args.seed}
                 jpath, npath = save_bpd(result, out, meta)
                 print(f"bits/dim {result['bpd']:.4f} +- {result['bpd_stderr']:.4f} over {result['num_images']} "
@@ -303,10 +313,12 @@ def _cmd_evaluate(args) -> int:
         else:
             from .evaluate import reference_statistics
 
-            ref = reference_statistics(args.ref_data, args.ref_split, device=device, progress=not args.no_progress)
-        value = compute_fid(samples, ref, device=device, progress=not args.no_progress)
+            ref = reference_statistics(args.ref_data, args.ref_split, device=device, progress=not args.no_progress,
+                                       weights=args.feature_weights)
+        value = compute_fid(samples, ref, device=device, progress=not args.no_progress,
+                            batch_size=args.batch_size or 50, weights=args.feature_weights)
         out = Path(args.out) if args.out else (Path(args.samples).parent if args.samples else
-                                               Path(args.checkpoint).parent / "eval")
+                                               _next_to(args.checkpoint))
         out.mkdir(parents=True, exist_ok=True)
         rec = {"fid": value, "num_samples": int(samples.shape[0]), **src,
                "reference": args.ref_stats or f"{args.ref_data} [{args.ref_split}]"}
@@ -328,7 +340,8 @@ def _cmd_fid_stats(args) -> int:
 
     stats = reference_statistics(args.data, args.split, device=select_device(args.device),
                                  batch_size=args.batch_size, num_images=args.num_images,
-                                 download=args.download, progress=not args.no_progress)
+                                 download=args.download, progress=not args.no_progress,
+                                 weights=args.feature_weights)
     path = save_statistics(args.out, stats)
     print(f"wrote {path}: {stats.n} images from {stats.source}")
     return 0

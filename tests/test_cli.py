@@ -167,3 +167,44 @@ def test_resume_and_convert_through_main(cli_run, tmp_path, capsys):
     with np.load(tmp_path / "s1" / "samples.npz") as f1, np.load(tmp_path / "s2" / "samples.npz") as f2:
         assert f1["images"].shape == (2, 32, 32, 3) and np.array_equal(f1["images"], f2["images"])
     capsys.readouterr()
+
+
+def test_fid_stats_and_fid_through_main(tmp_path, capsys):
+    """The FID commands end to end, with a small TorchScript stand-in for Inception (fast)."""
+    import warnings
+
+    from ddpm_ref.data import load_sample
+    from ddpm_ref.evaluate import save_samples
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = torch.nn.Conv2d(3, 16, 7, stride=4)
+
+        def forward(self, x):
+            return torch.tanh(self.conv(x)).mean(dim=(2, 3))
+
+    net = tmp_path / "toy.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(Net().eval()), str(net))
+    stats = tmp_path / "ref.npz"
+    assert main(["fid-stats", "--data", "sample:test", "--num-images", "40", "--out", str(stats),
+                 "--feature-weights", str(net), *COMMON]) == 0
+    assert "40 images" in capsys.readouterr().out
+    npz, _ = save_samples(load_sample("test")[0][:40], tmp_path / "s")
+    assert main(["evaluate", "--metric", "fid", "--samples", str(npz), "--ref-stats", str(stats),
+                 "--feature-weights", str(net), *COMMON]) == 0
+    rec = json.loads((tmp_path / "s" / "fid.json").read_text())
+    assert rec["num_samples"] == 40 and abs(rec["fid"]) < 1e-3 and rec["reference"] == str(stats)
+    capsys.readouterr()
+    # reference statistics from a JPEG folder are refused
+    from PIL import Image
+
+    (tmp_path / "jpg" / "a").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(load_sample("test")[0][i]).save(tmp_path / "jpg" / "a" / f"{i}.jpg")
+    assert main(["fid-stats", "--data", f"folder:{tmp_path / 'jpg'}", "--out", str(tmp_path / "j.npz"),
+                 *COMMON]) == 2
+    assert "not pixel-exact" in capsys.readouterr().err
