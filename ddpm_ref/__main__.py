@@ -12,7 +12,8 @@ Examples (``--help`` on each subcommand lists every option)::
     # a few minutes on a CPU, from the CIFAR-10 sample shipped in the package
     python -m ddpm_ref train --config tiny --data sample --out runs/tiny
     # 50k samples with the EMA weights, then FID against the training set
-    python -m ddpm_ref sample --checkpoint runs/cifar10/checkpoints/last.pt --num 50000 --out runs/cifar10/samples
+    python -m ddpm_ref sample --checkpoint runs/cifar10/checkpoints/last.pt --num-samples 50000 \
+        --out runs/cifar10/samples
     python -m ddpm_ref fid-stats --data cifar10:data/cifar10 --split train --out stats/cifar10_train.npz
     python -m ddpm_ref evaluate --metric fid --samples runs/cifar10/samples/samples.npz \
         --ref-stats stats/cifar10_train.npz
@@ -101,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True,
                    help="training checkpoint (.pt), converted U-Net (.safetensors), or a directory holding one")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--num", type=int, default=64, help="number of images (default 64; the paper's FID used 50000)")
+    p.add_argument("--num-samples", type=int, default=64,
+                   help="number of images (default 64; the paper's FID used 50000)")
     p.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
     p.add_argument("--sampler", choices=("ancestral", "ddim"), default="ancestral",
                    help="ancestral = Algorithm 2 (default); ddim = Song et al. 2021")
@@ -241,12 +243,12 @@ def _cmd_sample(args) -> int:
         model, diffusion, cfg, minfo = load_model(args.checkpoint, device, use_ema=not args.no_ema,
                                                   config=_model_args(args))
         images = generate_samples(
-            model, diffusion, args.num, batch_size=args.batch_size, sampler=args.sampler, steps=args.steps,
+            model, diffusion, args.num_samples, batch_size=args.batch_size, sampler=args.sampler, steps=args.steps,
             eta=args.eta, seed=args.seed, device=device, bf16=args.bf16, progress=not args.no_progress,
         )
         if info.is_main:
             meta = {"checkpoint": minfo, "sampler": args.sampler, "steps": args.steps or diffusion.num_timesteps,
-                    "eta": args.eta, "seed": args.seed, "num": args.num, "bf16": args.bf16}
+                    "eta": args.eta, "seed": args.seed, "num": args.num_samples, "bf16": args.bf16}
             npz, png = save_samples(images, args.out, meta)
             print(f"wrote {npz} ({images.shape[0]} images) and {png}")
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -43,7 +44,7 @@ def test_module_help_runs_as_a_program(tmp_path):
     [
         ("train", ["--config", "--data", "--out", "--resume", "--set", "--bf16", "--compile", "torchrun",
                    "cifar10:<root>", "--channels-last", "--stop-at"]),
-        ("sample", ["--checkpoint", "--num", "--sampler", "--steps", "--eta", "samples.npz", "EMA"]),
+        ("sample", ["--checkpoint", "--num-samples", "--sampler", "--steps", "--eta", "samples.npz", "EMA"]),
         ("evaluate", ["--metric", "bpd", "fid", "--split", "--ref-stats", "--ref-data", "--num-images"]),
         ("fid-stats", ["--data", "--split", "pixel-exact"]),
         ("convert", ["source", "--out", "diffusers", "pytorch_diffusion", "--no-ema"]),
@@ -119,7 +120,7 @@ def test_train_sample_evaluate_end_to_end(cli_run):
     ckpt = run / "checkpoints" / "last.pt"
     assert load_checkpoint(ckpt)["config"]["diffusion"]["num_timesteps"] == 50
 
-    _cli("sample", "--checkpoint", ckpt, "--out", tmp / "samples", "--num", "3", "--batch-size", "2", *COMMON,
+    _cli("sample", "--checkpoint", ckpt, "--out", tmp / "samples", "--num-samples", "3", "--batch-size", "2", *COMMON,
          cwd=tmp)
     with np.load(tmp / "samples" / "samples.npz") as f:
         images, meta = f["images"], json.loads(str(f["meta"]))
@@ -160,7 +161,7 @@ def test_resume_and_convert_through_main(cli_run, tmp_path, capsys):
     # export the EMA weights; sampling from the converted file with the run's recipe gives the same images
     assert main(["convert", str(ckpt), "--out", str(tmp_path / "ema.safetensors")]) == 0
     assert "702,499 parameters" in capsys.readouterr().out
-    a = ["sample", "--num", "2", "--batch-size", "2", "--steps", "5", *COMMON]
+    a = ["sample", "--num-samples", "2", "--batch-size", "2", "--steps", "5", *COMMON]
     assert main([*a, "--checkpoint", str(ckpt), "--out", str(tmp_path / "s1")]) == 0
     assert main([*a, "--checkpoint", str(tmp_path / "ema.safetensors"), "--config", str(run / "config.json"),
                  "--out", str(tmp_path / "s2")]) == 0
@@ -208,3 +209,24 @@ def test_fid_stats_and_fid_through_main(tmp_path, capsys):
     assert main(["fid-stats", "--data", f"folder:{tmp_path / 'jpg'}", "--out", str(tmp_path / "j.npz"),
                  *COMMON]) == 2
     assert "not pixel-exact" in capsys.readouterr().err
+
+
+def test_no_option_is_swallowed_by_torchrun():
+    """torchrun's own parser sees every argument after ``-m ddpm_ref``: an option of ours that is a
+    prefix of one of its options (``--num`` of ``--numa-binding``) makes torchrun fail."""
+    from torch.distributed.run import get_args_parser
+
+    from ddpm_ref.__main__ import build_parser
+
+    theirs = [o for a in get_args_parser()._actions for o in a.option_strings if o.startswith("--")]
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    clashes = [
+        (cmd, o, t)
+        for cmd, p in sub.choices.items()
+        for a in p._actions
+        for o in a.option_strings
+        if o.startswith("--") and o != "--help"
+        for t in theirs
+        if t.startswith(o)
+    ]
+    assert clashes == []

@@ -129,3 +129,33 @@ def test_global_batch_must_divide_by_world_size(tmp_path, monkeypatch):
                         lambda device: (train_mod.DistInfo(rank=1, world_size=2), torch.device("cpu")))
     with pytest.raises(ValueError, match=r"train.batch_size=3 is not divisible by the number of processes \(2\)"):
         Trainer(cfg, tmp_path / "bad", device="cpu", progress=False, tensorboard=False)
+
+
+@pytest.mark.slow  # two more torchrun launches
+def test_sampling_and_bpd_under_torchrun_equal_one_process(tmp_path):
+    """Batches are dealt round-robin to the ranks and seeded by their index: the merged result is
+    the single-process result (bit for bit here: same CPU kernels, one thread per process)."""
+    from ddpm_ref.evaluate import evaluate_bpd, generate_samples, load_model
+
+    cfg = _setup(tmp_path, steps=1)
+    tr = Trainer(apply_overrides(cfg, ["diffusion.num_timesteps=10"]), tmp_path / "run", device="cpu",
+                 progress=False, tensorboard=False)
+    tr.fit()
+    tr.close()
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ddpm_ref"]
+    common = ["--checkpoint", str(ckpt), "--batch-size", "2", "--device", "cpu", "--no-progress"]
+    proc = subprocess.run([*base, "sample", *common, "--num-samples", "5", "--out", str(tmp_path / "s")],
+                          capture_output=True, text=True, timeout=600, env=_env(), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.run([*base, "evaluate", *common, "--data", f"npz:{tmp_path / 'data.npz'}", "--split", "train",
+                           "--num-images", "5", "--out", str(tmp_path / "e")],
+                          capture_output=True, text=True, timeout=600, env=_env(), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    model, diffusion, _, _ = load_model(ckpt)
+    with np.load(tmp_path / "s" / "samples.npz") as f:
+        assert np.array_equal(f["images"], generate_samples(model, diffusion, 5, batch_size=2, progress=False))
+    one = evaluate_bpd(model, diffusion, np.load(tmp_path / "data.npz")["x_train"][:5], batch_size=2, progress=False)
+    two = json.loads((tmp_path / "e" / "bpd.json").read_text())
+    assert two["num_images"] == 5 and two["bpd"] == pytest.approx(one["bpd"], rel=1e-12)
