@@ -35,10 +35,11 @@ _EPILOG_DATA = (
 )
 
 
-def _add_device(p: argparse.ArgumentParser) -> None:
+def _add_device(p: argparse.ArgumentParser, bf16: str | None = "bfloat16 autocast for the network (CUDA and CPU)"):
     p.add_argument("--device", default="auto",
                    help="auto (CUDA if available, else CPU), cpu, cuda, cuda:<i> or mps (default: auto)")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the network (CUDA and CPU)")
+    if bf16:
+        p.add_argument("--bf16", action="store_true", help=bf16)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice; 1 is fastest on a busy machine)")
@@ -149,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ref-split", default="train", help="split of --ref-data (default train, as the paper)")
     g.add_argument("--feature-weights", default=None,
                    help="TorchScript feature network (default: the TF-Inception pool3 port); must match the stats")
-    _add_device(p)
+    _add_device(p, bf16="bfloat16 autocast when generating samples for FID (bits/dim are always float32)")
 
     # ------------------------------------------------------------------ fid-stats
     p = sub.add_parser(
@@ -167,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feature-weights", default=None,
                    help="TorchScript feature network (default: the TF-Inception pool3 port)")
     p.add_argument("--download", action="store_true", help="download the CIFAR-10 archive if missing")
-    _add_device(p)
+    _add_device(p, bf16=None)
 
     # ------------------------------------------------------------------ convert
     p = sub.add_parser(
@@ -274,6 +275,8 @@ def _cmd_evaluate(args) -> int:
         if args.metric == "bpd":
             if args.checkpoint is None:
                 raise ValueError("--metric bpd needs --checkpoint")
+            if args.bf16:
+                raise ValueError("--bf16 applies to sampling only: bits/dim are computed in float32")
             model, diffusion, cfg, minfo = load_model(args.checkpoint, device, use_ema=not args.no_ema,
                                                       config=_model_args(args))
             spec = args.data or cfg.data

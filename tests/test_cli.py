@@ -73,6 +73,7 @@ def test_subcommand_help(cmd, expected, capsys):
         (["sample", "--checkpoint", "{tmp}/none.pt", "--out", "{tmp}/s"], "checkpoint not found"),
         (["sample", "--checkpoint", "{tmp}/none.pt", "--out", "{tmp}/s", "--sampler", "ddim"], "needs --steps"),
         (["evaluate", "--out", "{tmp}/e"], "needs --checkpoint"),
+        (["evaluate", "--checkpoint", "{tmp}/c.pt", "--bf16"], "bits/dim are computed in float32"),
         (["evaluate", "--metric", "fid", "--samples", "{tmp}/s.npz"], "exactly one of --ref-stats or --ref-data"),
         (["fid-stats", "--data", "folder:{tmp}/missing", "--out", "{tmp}/x.npz"], "image folder not found"),
         (["convert", "{tmp}/none.bin", "--out", "{tmp}/m.safetensors"], "does not exist"),
