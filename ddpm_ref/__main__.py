@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory format (default: on for CUDA, off otherwise)")
     p.add_argument("--no-tf32", action="store_true", help="disable TF32 matmuls/convolutions on CUDA")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic GPU kernels: bitwise reproducible runs and resumes (slower; CPU runs are "
+                   "deterministic anyway)")
     p.add_argument("--download", action="store_true", help="download the CIFAR-10 archive if missing")
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
@@ -213,7 +216,8 @@ def _cmd_train(args) -> int:
         return 0
     trainer = Trainer(
         config, args.out, device=args.device, bf16=args.bf16, compile=args.compile,
-        channels_last=args.channels_last, tf32=not args.no_tf32, resume=args.resume,
+        channels_last=args.channels_last, tf32=not args.no_tf32, deterministic=args.deterministic,
+        resume=args.resume,
         progress=not args.no_progress, tensorboard=not args.no_tensorboard, download=args.download,
         overrides=overrides,
     )

@@ -16,7 +16,10 @@ One update (``Trainer.train_step``) of Algorithm 1 (Ho et al. 2020), on a global
    update copies theta, as the original's decay of 1e-10 at global step 0 did).
 
 Randomness is explicit, so that a run interrupted and resumed reproduces the uninterrupted run
-bit for bit on the same hardware (``tests/test_train.py`` checks every logged loss):
+bit for bit on a CPU (``tests/test_train.py`` checks every logged loss), and on a GPU with
+``deterministic=True`` (``--deterministic``: deterministic cuDNN/cuBLAS kernels, somewhat slower;
+without it a resumed GPU run continues the same data, t, noise and dropout streams but float
+reductions may round differently):
 
 - data order and flips: the :class:`~ddpm_ref.data.BatchStream` state;
 - t and eps: one ``torch.Generator`` on the training device, seeded identically on every rank.
@@ -291,6 +294,8 @@ class Trainer:
         compile: ``torch.compile`` the model.
         channels_last: NHWC memory format (default: on for CUDA, off otherwise).
         tf32: allow TF32 matmuls/convolutions on CUDA.
+        deterministic: ``torch.use_deterministic_algorithms(True)`` (and deterministic cuDNN): bitwise
+            reproducible GPU runs and resumes, at some speed cost. CPU runs are deterministic anyway.
         resume: path of a checkpoint to continue from, or ``"auto"`` for ``out_dir/checkpoints/last.pt``
             if it exists (a fresh start otherwise).
         progress: show a tqdm bar (rank 0). tensorboard: write TensorBoard events (rank 0).
@@ -310,12 +315,15 @@ class Trainer:
         compile: bool = False,
         channels_last: bool | None = None,
         tf32: bool = True,
+        deterministic: bool = False,
         resume: str | os.PathLike | None = None,
         progress: bool = True,
         tensorboard: bool = True,
         download: bool = False,
         overrides=None,
     ):
+        if deterministic:  # cuBLAS needs this before its first use to be deterministic
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         self.out_dir = Path(out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.last_path = self.ckpt_dir / "last.pt"
@@ -369,10 +377,14 @@ class Trainer:
         if channels_last is None:
             channels_last = self.device.type == "cuda"
         self.channels_last, self.bf16, self.compile = bool(channels_last), bool(bf16), bool(compile)
+        self.deterministic = bool(deterministic)
+        if self.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=False)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
             torch.backends.cudnn.allow_tf32 = bool(tf32)
-            torch.backends.cudnn.benchmark = True
+            torch.backends.cudnn.benchmark = not self.deterministic
+            torch.backends.cudnn.deterministic = self.deterministic
 
         # ---- data
         self.diffusion = cfg.build_diffusion()

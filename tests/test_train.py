@@ -277,6 +277,18 @@ def test_speed_options_run_on_cpu(tmp_path, opts):
     assert all(p.dtype == torch.float32 for p in tr.ema.parameters())
 
 
+def test_deterministic_mode_runs_and_matches(tmp_path):
+    cfg = small_config("train.total_steps=3")
+    ref = _trainer(cfg, tmp_path / "a").fit()
+    try:
+        tr = _trainer(cfg, tmp_path / "b", deterministic=True)
+        assert torch.are_deterministic_algorithms_enabled()
+        hist = tr.fit()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert [h["loss"] for h in hist] == [h["loss"] for h in ref]  # CPU kernels are deterministic anyway
+
+
 @pytest.mark.slow
 def test_torch_compile_runs_on_cpu(tmp_path):
     tr = _trainer(small_config("train.total_steps=2"), tmp_path, compile=True)
