@@ -34,7 +34,9 @@ Multi-GPU: launch with ``torchrun`` (it sets RANK, WORLD_SIZE, LOCAL_RANK). Each
 gradient is averaged by ``DistributedDataParallel`` (NCCL on GPUs, gloo on CPUs), so the
 update equals the single-process update on the same global batch up to float rounding (with
 dropout 0; with dropout the masks differ per rank). The parameters, hence the EMA, are identical
-on every rank. Only rank 0 writes logs, sample grids and checkpoints.
+on every rank (checked by comparing float64 fingerprints across ranks at every checkpoint). Only
+rank 0 writes logs, sample grids and checkpoints; resuming needs the checkpoint on a file system
+every rank can read.
 
 Speed options (all also work on CPU, where they are tested): ``bf16`` autocast, channels_last,
 ``torch.compile`` of the model, TF32 matmuls on CUDA, fused Adam on CUDA. The value checks of
@@ -44,9 +46,11 @@ norm are checked for NaN/inf at every log interval, before every checkpoint (and
 CPU). A non-finite value stops the run with :class:`NonFiniteLossError` naming the step, and
 the last checkpoint (written only after a clean check) stays untouched.
 
-The original clipped each TPU core's gradient of its local batch before the cross-replica sum
-(``CrossShardOptimizer`` with ``grad_clip / num_replicas``); here the clip acts on the gradient
-of the global batch, which is what one process with the full batch does.
+One known difference from the released TPU code: there, ``tf.clip_by_global_norm`` with
+``grad_clip / num_replicas`` ran on each core's gradient of its (1/num_replicas-scaled) local loss,
+i.e. before the cross-replica sum of ``CrossShardOptimizer``, so each core's local-batch gradient was
+clipped separately; here the clip acts on the gradient of the global batch, which is what one
+process with the full batch does (and what PyTorch DDP ports do).
 
 Output directory::
 
