@@ -11,9 +11,12 @@ converted from the diffusers one with :func:`ddpm_ref.convert.from_diffusers`):
 
 diffusers always runs fp32 eager (its default). ddpm_ref runs in the requested variants, named by
 ``+``-joined flags: ``fp32`` (plain eager), ``cl`` (channels_last weights and inputs), ``bf16``
-(``torch.autocast`` bfloat16), ``compile`` (``torch.compile``), e.g. ``bf16+cl`` or
-``compile+bf16``. All runners are timed interleaved (the order rotates every repeat) after
-warm-up, and the medians are compared: ratio = ddpm_ref time / diffusers time (< 1 is faster).
+(``torch.autocast`` bfloat16), ``compile`` (``torch.compile``), ``freeze`` (``torch.compile``
+with inductor's ``freezing``: weights become constants and are pre-packed; inference only, so
+skipped for ``train``), e.g. ``bf16+cl`` or ``compile+bf16``. The optimizer is Adam (lr 2e-4)
+with ``fused=True`` where torch supports it (else the default), the same for every runner.
+All runners are timed interleaved (the order rotates every repeat) after warm-up, and the
+medians are compared: ratio = ddpm_ref time / diffusers time (< 1 is faster).
 
 The forward FLOPs per image are counted with ``torch.utils.flop_counter.FlopCounterMode``.
 
@@ -50,9 +53,10 @@ __all__ = [
     "main",
 ]
 
-FLAGS = ("fp32", "cl", "bf16", "compile")
+FLAGS = ("fp32", "cl", "bf16", "compile", "freeze")
 DEFAULT_VARIANTS = (
     "fp32", "cl", "bf16", "bf16+cl", "compile", "compile+bf16", "compile+bf16+cl",
+    "freeze+bf16", "freeze+bf16+cl",
 )
 MODES = ("train", "sample")
 
@@ -71,6 +75,8 @@ def parse_variant(name: str) -> frozenset[str]:
     if "fp32" in flags and "bf16" in flags:
         raise ValueError(f"variant {name!r} asks for both fp32 and bf16")
     flags.discard("fp32")
+    if "freeze" in flags:
+        flags.add("compile")
     return frozenset(flags)
 
 
@@ -113,7 +119,12 @@ def _make_runner(model: torch.nn.Module, mode: str, flags: frozenset[str], x: to
     if "cl" in flags:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    fn = torch.compile(model) if "compile" in flags else model
+    if "freeze" in flags:
+        fn = torch.compile(model, options={"freezing": True})
+    elif "compile" in flags:
+        fn = torch.compile(model)
+    else:
+        fn = model
     amp_dtype = torch.bfloat16 if "bf16" in flags else None
 
     def forward():
@@ -131,7 +142,7 @@ def _make_runner(model: torch.nn.Module, mode: str, flags: frozenset[str], x: to
         return run
 
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=2e-4)
+    opt = _adam(model)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -139,6 +150,14 @@ def _make_runner(model: torch.nn.Module, mode: str, flags: frozenset[str], x: to
         loss.backward()
         opt.step()
     return step
+
+
+def _adam(model: torch.nn.Module) -> torch.optim.Optimizer:
+    """Adam(lr 2e-4) with torch's fused kernel where supported (CPU and CUDA in torch >= 2.4)."""
+    try:
+        return torch.optim.Adam(model.parameters(), lr=2e-4, fused=True)
+    except (RuntimeError, ValueError, TypeError):  # pragma: no cover - older torch
+        return torch.optim.Adam(model.parameters(), lr=2e-4)
 
 
 def run_benchmark(
@@ -152,6 +171,7 @@ def run_benchmark(
     seed: int = 0,
     progress: bool = True,
     count_flops: bool = True,
+    clock: str = "wall",
 ) -> dict:
     """Time ddpm_ref variants against diffusers fp32 eager; returns a JSON-ready dict.
 
@@ -160,6 +180,9 @@ def run_benchmark(
         batch: images per step. repeats: timed steps per runner (median reported).
         warmup: untimed steps per runner first (includes torch.compile's compilation).
         variants: ddpm_ref variant names (see module doc). modes: subset of ("train", "sample").
+        clock: ``"wall"`` (elapsed time) or ``"cpu"`` (this process's CPU time, all threads).
+            Both are recorded; ``clock`` picks the one the medians and ratios use. On a shared
+            machine, ``cpu`` with one thread is immune to other processes taking the cores.
     Result keys: ``env`` (versions, threads, load), ``flops_per_image``, ``results[mode]`` with
     per-runner ``median_s``, ``times_s``, ``warmup_s``, ``ratio`` (vs diffusers), and
     ``fastest`` / ``targets`` summaries.
@@ -167,6 +190,8 @@ def run_benchmark(
     for name, v, lo in (("batch", batch, 1), ("repeats", repeats, 1), ("warmup", warmup, 0)):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise ValueError(f"run_benchmark expects {name} to be an int >= {lo}, got {v!r}")
+    if clock not in ("wall", "cpu"):
+        raise ValueError(f"run_benchmark expects clock 'wall' or 'cpu', got {clock!r}")
     modes = tuple(modes)
     if not modes or set(modes) - set(MODES):
         raise ValueError(f"run_benchmark expects modes from {MODES}, got {modes}")
@@ -204,7 +229,7 @@ def run_benchmark(
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "loadavg_start": _loadavg(), "device": str(dev),
         },
-        "config": config, "batch": batch, "repeats": repeats, "warmup": warmup,
+        "config": config, "batch": batch, "repeats": repeats, "warmup": warmup, "clock": clock,
         "params": sum(p.numel() for p in ours.parameters()),
         "results": {},
     }
@@ -216,7 +241,10 @@ def run_benchmark(
         pass
     if count_flops:
         one_x, one_t = x[:1], t[:1]
-        out["flops_per_image"] = forward_flops(ours.eval(), one_x, one_t)
+        # the network as defined (direct upsampling, as diffusers), then the path ddpm_ref runs
+        direct = copy.deepcopy(ours).set_upsample_impl("direct").eval()
+        out["flops_per_image"] = forward_flops(direct, one_x, one_t)
+        out["flops_per_image_executed"] = forward_flops(ours.eval(), one_x, one_t)
         out["flops_per_image_diffusers"] = forward_flops(
             lambda a, b: ref.eval()(a, b).sample, one_x, one_t)
 
@@ -225,6 +253,8 @@ def run_benchmark(
             "diffusers fp32": _make_runner(copy.deepcopy(ref), mode, frozenset(), x, t, target,
                                            True)}
         for v, flags in flag_sets.items():
+            if mode == "train" and "freeze" in flags:
+                continue  # freezing turns weights into constants: inference only
             runners[f"ddpm_ref {v}"] = _make_runner(copy.deepcopy(ours), mode, flags, x, t,
                                                     target, False)
         warm: dict[str, float] = {}
@@ -235,23 +265,26 @@ def run_benchmark(
             _sync(dev)
             warm[name] = time.perf_counter() - start
             _progress(progress, f"[{mode}] warm-up {name}: {warm[name]:.1f} s")
-        times: dict[str, list[float]] = {name: [] for name in runners}
+        wall: dict[str, list[float]] = {name: [] for name in runners}
+        cpu: dict[str, list[float]] = {name: [] for name in runners}
         names = list(runners)
         for r in range(repeats):
             order = names[r % len(names):] + names[:r % len(names)]  # rotate
             for name in order:
                 _sync(dev)
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 runners[name]()
                 _sync(dev)
-                times[name].append(time.perf_counter() - start)
+                wall[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
             _progress(progress, f"[{mode}] repeat {r + 1}/{repeats} done")
+        times = wall if clock == "wall" else cpu
         base = statistics.median(times["diffusers fp32"])
         rows = {}
         for name in names:
             med = statistics.median(times[name])
-            rows[name] = {"median_s": med, "times_s": times[name], "warmup_s": warm[name],
-                          "ratio": med / base}
+            rows[name] = {"median_s": med, "times_s": times[name], "wall_s": wall[name],
+                          "cpu_s": cpu[name], "warmup_s": warm[name], "ratio": med / base}
         ours_rows = {k: v for k, v in rows.items() if k.startswith("ddpm_ref")}
         fastest = min(ours_rows, key=lambda k: ours_rows[k]["median_s"])
         out["results"][mode] = {
@@ -298,7 +331,8 @@ def format_report(result: dict) -> str:
     lines = [
         f"ddpm_ref vs diffusers UNet2DModel -- config {result['config']} "
         f"({result['params']:,} params), batch {result['batch']}, "
-        f"median of {result['repeats']} after {result['warmup']} warm-up",
+        f"median of {result['repeats']} after {result['warmup']} warm-up, "
+        f"{result['clock']} clock",
         f"torch {env['torch']}, diffusers {env.get('diffusers')}, {env['cpu']} "
         f"({env['cpu_capability']}), {env['threads']} threads, device {env['device']}, "
         f"load average {env['loadavg_start']} -> {env['loadavg_end']}",
@@ -306,7 +340,9 @@ def format_report(result: dict) -> str:
     if "flops_per_image" in result:
         lines.append(f"forward FLOPs per image: ddpm_ref {result['flops_per_image'] / 1e9:.2f} G, "
                      f"diffusers {result['flops_per_image_diffusers'] / 1e9:.2f} G "
-                     "(torch.utils.flop_counter; a training step is about 3x)")
+                     "(torch.utils.flop_counter; a training step is about 3x); executed by "
+                     f"ddpm_ref with sub-pixel upsampling on {result['env']['device']}: "
+                     f"{result['flops_per_image_executed'] / 1e9:.2f} G")
     for mode, r in result["results"].items():
         lines.append("")
         what = ("training step (forward + backward + Adam)" if mode == "train"
@@ -336,6 +372,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--modes", default="train,sample", help="train,sample (default both)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="time to compare: wall (default) or this process's CPU time (use with "
+                        "--threads 1 on a shared machine)")
     p.add_argument("--json", default=None, help="also write the full result to this file")
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -346,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         config=args.config, batch=args.batch, repeats=args.repeats, warmup=args.warmup,
         variants=[v for v in args.variants.split(",") if v],
         modes=[m for m in args.modes.split(",") if m], device=args.device,
-        progress=not args.quiet, count_flops=not args.no_flops,
+        progress=not args.quiet, count_flops=not args.no_flops, clock=args.clock,
     )
     result["env"]["command"] = "python -m ddpm_ref.bench " + " ".join(
         sys.argv[1:] if argv is None else list(argv))

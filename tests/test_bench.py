@@ -40,11 +40,17 @@ def test_diffusers_config_for_builds_same_size_network():
 
 
 def test_cifar10_forward_flops_match_design_figure():
-    m = build_unet("cifar10").eval()
-    flops = forward_flops(m, torch.randn(1, 3, 32, 32), torch.tensor([10]))
+    m = build_unet("cifar10").eval().set_upsample_impl("direct")
+    x, t = torch.randn(1, 3, 32, 32), torch.tensor([10])
+    flops = forward_flops(m, x, t)
     assert 12.0e9 < flops < 12.2e9  # design.md: about 12.1 GFLOP per 32x32 image
     # linear in the batch size
     assert forward_flops(m, torch.randn(2, 3, 32, 32), torch.tensor([1, 2])) == 2 * flops
+    # sub-pixel upsampling (CPU default from 16x16 inputs) does 4/9 of the 32x32 upsampling
+    # conv's multiply-adds, on a (17/16)^2 larger grid: 256*256*9*32*32*2 * (1 - 4/9*(17/16)^2)
+    executed = forward_flops(m.set_upsample_impl("auto"), x, t)
+    saved = 256 * 256 * 9 * 32 * 32 * 2 * (1 - 4 / 9 * (17 / 16) ** 2)
+    assert flops - executed == pytest.approx(saved, rel=1e-9)
 
 
 def test_run_benchmark_tiny_smoke():
@@ -52,6 +58,7 @@ def test_run_benchmark_tiny_smoke():
                            variants=["fp32", "bf16", "cl"], progress=False)
     assert result["params"] == count_parameters("tiny")
     assert result["flops_per_image"] == result["flops_per_image_diffusers"] > 0
+    assert 0 < result["flops_per_image_executed"] <= result["flops_per_image"]
     for mode in ("train", "sample"):
         r = result["results"][mode]
         assert set(r["runners"]) == {"diffusers fp32", "ddpm_ref fp32", "ddpm_ref bf16",

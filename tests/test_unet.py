@@ -16,6 +16,7 @@ from ddpm_ref.unet import (
     ResBlock,
     UNet,
     Upsample,
+    _dropout,
     block_table,
     build_unet,
     count_parameters,
@@ -183,6 +184,70 @@ def test_resblock_matches_explicit_composition():
     skip = F.conv2d(x, blk.nin_shortcut.weight, blk.nin_shortcut.bias)
     torch.testing.assert_close(blk(x, temb), skip + h, atol=1e-10, rtol=1e-10)
     assert ResBlock(64, 64, 128, 0.0).nin_shortcut is None
+
+
+@pytest.mark.parametrize("hw", [4, 8, 16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_upsample_subpixel_equals_direct(hw, channels_last):
+    torch.manual_seed(8)
+    up = perturb_(Upsample(32), scale=0.3).double()
+    x = torch.randn(2, 32, hw, hw, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    up.impl = "direct"
+    ref = up(x)
+    up.impl = "subpixel"
+    out = up(x)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    up.impl = "auto"  # picks subpixel on CPU from 16x16 inputs; same function either way
+    torch.testing.assert_close(up(x), ref, atol=1e-12, rtol=1e-12)
+    # gradients agree too
+    xs = x.detach().requires_grad_()
+    up.impl = "direct"
+    (g_ref,) = torch.autograd.grad((up(xs) ** 2).sum(), xs)
+    up.impl = "subpixel"
+    (g_out,) = torch.autograd.grad((up(xs) ** 2).sum(), xs)
+    torch.testing.assert_close(g_out, g_ref, atol=1e-10, rtol=1e-10)
+    with pytest.raises(ValueError, match="impl"):
+        Upsample(32, impl="fast")
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_attention_backends_agree(autocast):
+    torch.manual_seed(9)
+    blk = perturb_(AttnBlock(64), scale=0.2)
+    x = torch.randn(2, 64, 8, 8)
+    outs = {}
+    for backend in AttnBlock.BACKENDS:
+        blk.backend = backend
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            outs[backend] = blk(x).float()
+    tol = 3e-2 if autocast else 1e-5
+    torch.testing.assert_close(outs["math"], outs["sdpa"], atol=tol, rtol=tol)
+    torch.testing.assert_close(outs["auto"], outs["math" if autocast else "sdpa"], atol=0, rtol=0)
+    with pytest.raises(ValueError, match="backend"):
+        AttnBlock(64, backend="flash")
+    m = build_unet("tiny").set_attention_backend("math")
+    assert all(a.backend == "math" for a in m.modules() if isinstance(a, AttnBlock))
+    with pytest.raises(ValueError, match="backend"):
+        m.set_attention_backend("xformers")
+
+
+def test_dropout_statistics():
+    torch.manual_seed(10)
+    h = torch.ones(400_000)
+    out = _dropout(h, 0.1, training=True)
+    kept = out != 0
+    # P(keep) = 0.9: binomial std of the kept fraction is sqrt(0.9 * 0.1 / 4e5) = 4.7e-4
+    assert abs(kept.float().mean().item() - 0.9) < 5 * 4.7e-4
+    torch.testing.assert_close(out[kept], torch.full_like(out[kept], 1 / 0.9))  # inverted
+    assert _dropout(h, 0.1, training=False) is h and _dropout(h, 0.0, training=True) is h
+    hb = torch.ones(1000, dtype=torch.bfloat16, requires_grad=True)
+    ob = _dropout(hb, 0.5, training=True)
+    assert ob.dtype == torch.bfloat16
+    ob.sum().backward()
+    torch.testing.assert_close(hb.grad, (ob != 0).to(torch.bfloat16) * 2)
 
 
 # ------------------------------------------------------------------ initialisation
