@@ -12,8 +12,11 @@ converted from the diffusers one with :func:`ddpm_ref.convert.from_diffusers`):
 diffusers always runs fp32 eager (its default). ddpm_ref runs in the requested variants, named by
 ``+``-joined flags: ``fp32`` (plain eager), ``cl`` (channels_last weights and inputs), ``bf16``
 (``torch.autocast`` bfloat16), ``compile`` (``torch.compile``), ``freeze`` (``torch.compile``
-with inductor's ``freezing``: weights become constants and are pre-packed; inference only, so
-skipped for ``train``), e.g. ``bf16+cl`` or ``compile+bf16``. The optimizer is Adam (lr 2e-4)
+with inductor's ``freezing``: weights become constants and are pre-packed), ``bf16w`` (the
+weights themselves cast to bfloat16 once, inputs cast to bfloat16, no autocast: what a sampler
+does with a bf16 copy of the EMA weights), e.g. ``bf16+cl`` or ``compile+bf16``. ``freeze``
+and ``bf16w`` are inference-only and skipped for ``train`` (training keeps fp32 master weights
+under autocast). The optimizer is Adam (lr 2e-4)
 with ``fused=True`` where torch supports it (else the default), the same for every runner.
 All runners are timed interleaved (the order rotates every repeat) after warm-up, and the
 medians are compared: ratio = ddpm_ref time / diffusers time (< 1 is faster).
@@ -53,11 +56,12 @@ __all__ = [
     "main",
 ]
 
-FLAGS = ("fp32", "cl", "bf16", "compile", "freeze")
+FLAGS = ("fp32", "cl", "bf16", "bf16w", "compile", "freeze")
 DEFAULT_VARIANTS = (
-    "fp32", "cl", "bf16", "bf16+cl", "compile", "compile+bf16", "compile+bf16+cl",
-    "freeze+bf16", "freeze+bf16+cl",
+    "fp32", "cl", "bf16", "bf16+cl", "bf16w", "bf16w+cl", "compile", "compile+bf16",
+    "compile+bf16+cl", "freeze+bf16+cl",
 )
+INFERENCE_ONLY = frozenset({"freeze", "bf16w"})
 MODES = ("train", "sample")
 
 
@@ -72,8 +76,10 @@ def parse_variant(name: str) -> frozenset[str]:
             raise ValueError(f"unknown variant flag {part!r} in {name!r}; expected '+'-joined "
                              f"flags from {FLAGS} (e.g. 'compile+bf16')")
         flags.add(part)
-    if "fp32" in flags and "bf16" in flags:
+    if "fp32" in flags and flags & {"bf16", "bf16w"}:
         raise ValueError(f"variant {name!r} asks for both fp32 and bf16")
+    if {"bf16", "bf16w"} <= flags:
+        raise ValueError(f"variant {name!r}: choose bf16 (autocast) or bf16w (bf16 weights)")
     flags.discard("fp32")
     if "freeze" in flags:
         flags.add("compile")
@@ -116,6 +122,9 @@ def _make_runner(model: torch.nn.Module, mode: str, flags: frozenset[str], x: to
                  t: torch.Tensor, target: torch.Tensor, is_diffusers: bool) -> Callable[[], None]:
     """A zero-argument closure doing one training step or one sampling forward."""
     device = x.device
+    if "bf16w" in flags:
+        model = model.to(torch.bfloat16)
+        x = x.to(torch.bfloat16)
     if "cl" in flags:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -253,8 +262,8 @@ def run_benchmark(
             "diffusers fp32": _make_runner(copy.deepcopy(ref), mode, frozenset(), x, t, target,
                                            True)}
         for v, flags in flag_sets.items():
-            if mode == "train" and "freeze" in flags:
-                continue  # freezing turns weights into constants: inference only
+            if mode == "train" and flags & INFERENCE_ONLY:
+                continue  # frozen or bf16 weights: inference only
             runners[f"ddpm_ref {v}"] = _make_runner(copy.deepcopy(ours), mode, flags, x, t,
                                                     target, False)
         warm: dict[str, float] = {}

@@ -26,7 +26,8 @@ pytest.importorskip("diffusers")
 def test_parse_variant():
     assert parse_variant("fp32") == frozenset()
     assert parse_variant("compile+bf16+channels_last") == {"compile", "bf16", "cl"}
-    for bad in ("", "fp16", "bf16+fp32", "cl+gpu"):
+    assert parse_variant("bf16w+cl") == {"bf16w", "cl"} and "compile" in parse_variant("freeze")
+    for bad in ("", "fp16", "bf16+fp32", "cl+gpu", "bf16+bf16w", "bf16w+fp32"):
         with pytest.raises(ValueError):
             parse_variant(bad)
 
@@ -55,14 +56,16 @@ def test_cifar10_forward_flops_match_design_figure():
 
 def test_run_benchmark_tiny_smoke():
     result = run_benchmark(config="tiny", batch=2, repeats=1, warmup=0,
-                           variants=["fp32", "bf16", "cl"], progress=False)
+                           variants=["fp32", "bf16", "cl", "bf16w"], progress=False)
     assert result["params"] == count_parameters("tiny")
     assert result["flops_per_image"] == result["flops_per_image_diffusers"] > 0
     assert 0 < result["flops_per_image_executed"] <= result["flops_per_image"]
     for mode in ("train", "sample"):
         r = result["results"][mode]
-        assert set(r["runners"]) == {"diffusers fp32", "ddpm_ref fp32", "ddpm_ref bf16",
-                                     "ddpm_ref cl"}
+        expected = {"diffusers fp32", "ddpm_ref fp32", "ddpm_ref bf16", "ddpm_ref cl"}
+        if mode == "sample":
+            expected.add("ddpm_ref bf16w")  # bf16 weights: inference only
+        assert set(r["runners"]) == expected
         for row in r["runners"].values():
             assert len(row["times_s"]) == 1 and row["median_s"] > 0
             assert math.isfinite(row["ratio"]) and row["ratio"] > 0
