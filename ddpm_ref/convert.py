@@ -370,6 +370,17 @@ def load_state_dict_strict(model: UNet, state: Mapping[str, torch.Tensor]) -> UN
 # --------------------------------------------------------------------------------------------
 
 
+def _is_unet_dir(root: Path) -> bool:
+    """True if ``root/config.json`` exists and describes a UNet2DModel."""
+    cfg = root / "config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        return json.loads(cfg.read_text()).get("_class_name", "UNet2DModel") == "UNet2DModel"
+    except (json.JSONDecodeError, AttributeError):
+        return False
+
+
 def from_diffusers(source, config: Mapping | None = None, dropout: float | None = None) -> UNet:
     """A :class:`UNet` holding the weights of a diffusers ``UNet2DModel``.
 
@@ -389,8 +400,8 @@ def from_diffusers(source, config: Mapping | None = None, dropout: float | None 
         state = source.state_dict()
     elif isinstance(source, (str, os.PathLike)):
         root = Path(source)
-        if root.is_dir() and (root / "unet").is_dir() and not (root / "config.json").is_file():
-            root = root / "unet"  # a pipeline folder
+        if root.is_dir() and (root / "unet").is_dir() and not _is_unet_dir(root):
+            root = root / "unet"  # a pipeline folder (model_index.json + unet/ + scheduler/)
         if not root.is_dir():
             raise ValueError(f"expected a diffusers model directory, {root} is not a directory")
         cfg_file = root / "config.json"

@@ -242,6 +242,9 @@ class ResBlock(nn.Module):
         self.conv2 = _conv(out_ch, out_ch, scale=0.0)
         self.nin_shortcut = _conv(in_ch, out_ch, k=1, padding=0) if in_ch != out_ch else None
 
+    def extra_repr(self) -> str:
+        return f"dropout={self.dropout}"
+
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(_norm_swish(self.norm1, x))
         # conv1's backward does not need its output, so adding in place is autograd-safe

@@ -103,6 +103,9 @@ def test_bin_weights_and_pipeline_folder(tmp_path):
     ref.save_pretrained(unet_dir, safe_serialization=False)
     assert (unet_dir / "diffusion_pytorch_model.bin").is_file()
     assert compare(ref, from_diffusers(tmp_path / "pipe")) < 1e-4
+    # a pipeline folder whose root config.json is not a UNet's still resolves to unet/
+    (tmp_path / "pipe" / "config.json").write_text(json.dumps({"_class_name": "DDPMPipeline"}))
+    assert compare(ref, from_diffusers(tmp_path / "pipe")) < 1e-4
     # a lone weights file next to its config.json
     assert compare(ref, load_pretrained(unet_dir / "diffusion_pytorch_model.bin")) < 1e-4
 
