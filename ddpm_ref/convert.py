@@ -250,6 +250,10 @@ def diffusers_config_to_unet(config: Mapping) -> dict:
         if field in config and config[field] != want:
             raise ValueError(f"unsupported diffusers config: expected {field}={want!r} "
                              f"(the DDPM network), got {config[field]!r}")
+    missing = [k for k in ("block_out_channels", "down_block_types", "up_block_types")
+               if k not in config]
+    if missing:
+        raise ValueError(f"expected a diffusers UNet2DModel config, missing keys {missing}")
     eps = config.get("norm_eps", 1e-5)
     if abs(float(eps) - 1e-6) > 1e-12:
         raise ValueError(f"unsupported diffusers config: expected norm_eps=1e-6, got {eps!r}")
@@ -441,8 +445,10 @@ def from_pesser(source, resolution: int | None = None, dropout: float = 0.0) -> 
 def save_unet(model: UNet, path: str | os.PathLike) -> Path:
     """Save ``model``'s weights and config to one ``.safetensors`` file (our format).
 
-    The config is stored as JSON in the file's metadata under ``"ddpm_ref_config"``, so
-    :func:`load_unet` rebuilds the same network without any other file.
+    The format tag and the config are stored as ONE sorted-key JSON string in the file's metadata
+    under ``"ddpm_ref"``, so :func:`load_unet` rebuilds the same network without any other file,
+    and saving the same weights twice gives byte-identical files (safetensors writes a metadata
+    dict with several keys in arbitrary order).
     """
     if not isinstance(model, UNet):
         raise ValueError(f"save_unet expects a ddpm_ref UNet, got {type(model).__name__}")
@@ -453,16 +459,23 @@ def save_unet(model: UNet, path: str | os.PathLike) -> Path:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    meta = {"format": FORMAT_TAG, "ddpm_ref_config": json.dumps(model.config)}
+    meta = {"ddpm_ref": json.dumps({"format": FORMAT_TAG, "config": model.config}, sort_keys=True)}
     save_file(state, str(path), metadata=meta)
     return path
 
 
 def _read_metadata(path: Path) -> dict:
+    """The file's ddpm_ref metadata as ``{"format": ..., "ddpm_ref_config": <json>}`` (both layouts:
+    the single ``"ddpm_ref"`` key written now, and the two keys of earlier files)."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+        meta = dict(f.metadata() or {})
+    if "ddpm_ref" in meta:
+        packed = json.loads(meta.pop("ddpm_ref"))
+        meta["format"] = packed.get("format")
+        meta["ddpm_ref_config"] = json.dumps(packed.get("config"))
+    return meta
 
 
 def load_unet(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> UNet:

@@ -167,13 +167,18 @@ def test_diffusers_key_errors():
         ("up_block_types", ("UpBlock2D", "AttnUpBlock2D"), "same levels"),
         ("down_block_types", ("DownBlock2D", "CrossAttnDownBlock2D"), "block types"),
         ("_class_name", "UNet2DConditionModel", "UNet2DModel"),
+        ("block_out_channels", None, "missing keys"),
     ],
 )
 def test_unsupported_diffusers_configs(field, value, msg):
     cfg = dict(SMALL_DIFFUSERS)
     cfg[field] = value
+    if value is None:
+        del cfg[field]
     with pytest.raises(ValueError, match=msg):
         diffusers_config_to_unet(cfg)
+    with pytest.raises(ValueError, match="config mapping"):
+        diffusers_config_to_unet(["not", "a", "mapping"])
 
 
 def test_directory_errors(tmp_path):
@@ -389,6 +394,34 @@ def test_save_load_round_trip(tmp_path):
     with torch.no_grad():
         assert torch.equal(load_pretrained(tmp_path / "plain.pt", resolution=16)(x, t),
                            back(x, t))
+
+
+def test_save_is_byte_identical_across_processes(tmp_path):
+    """Saving the same weights twice gives the same bytes (so a shipped file's checksum can be
+    re-derived from its command): the metadata is one sorted-key JSON string, not a multi-key
+    dict that safetensors writes in a per-process random order."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch; from ddpm_ref.unet import build_unet; from ddpm_ref.convert import save_unet;"
+        "torch.manual_seed(0); save_unet(build_unet('tiny16'), sys.argv[1])"
+    )
+    paths = [tmp_path / f"u{i}.safetensors" for i in range(3)]
+    for p in paths:
+        subprocess.run([sys.executable, "-c", code, str(p)], check=True)
+    blobs = [p.read_bytes() for p in paths]
+    assert blobs[0] == blobs[1] == blobs[2]
+
+
+def test_files_with_the_earlier_two_key_metadata_still_load(tmp_path):
+    from safetensors.torch import save_file
+
+    m = build_unet("tiny16")
+    state = {k: v.contiguous() for k, v in m.state_dict().items()}
+    save_file(state, str(tmp_path / "old.safetensors"),
+              metadata={"format": FORMAT_TAG, "ddpm_ref_config": json.dumps(m.config)})
+    assert load_unet(tmp_path / "old.safetensors").config == m.config
 
 
 def test_save_load_errors(tmp_path):
