@@ -180,6 +180,19 @@ def _norm_swish(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
     return F.silu(h, inplace=not torch.is_grad_enabled())
 
 
+# torch >= 2.4 takes the device type in is_autocast_enabled; torch >= 2.3 has is_compiling.
+if torch.__version__ >= "2.4":
+    def _autocast_on(device_type: str) -> bool:
+        return torch.is_autocast_enabled(device_type)
+else:  # pragma: no cover - older torch
+    def _autocast_on(device_type: str) -> bool:
+        if device_type == "cpu":
+            return torch.is_autocast_cpu_enabled()
+        return torch.is_autocast_enabled()
+
+_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
+
+
 def _dropout(h: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Inverted dropout: zero each entry with probability p, scale the rest by 1 / (1 - p).
 
@@ -189,7 +202,7 @@ def _dropout(h: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """
     if not training or p == 0.0:
         return h
-    if h.device.type != "cpu" or torch.compiler.is_compiling():
+    if h.device.type != "cpu" or _is_compiling():
         return F.dropout(h, p, training=True)
     keep = torch.rand(h.shape, device=h.device) >= p
     return h * (keep.to(h.dtype) * (1.0 / (1.0 - p)))
@@ -587,7 +600,7 @@ class UNet(nn.Module):
         if x.device != weight.device:
             raise ValueError(f"UNet expects x on the model's device {weight.device}, "
                              f"got {x.device}")
-        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        if x.dtype != weight.dtype and not _autocast_on(x.device.type):
             raise ValueError(f"UNet expects x with the model's dtype {weight.dtype} (or autocast), "
                              f"got {x.dtype}")
         if t.dim() != 1 or t.shape[0] != n:
