@@ -181,14 +181,22 @@ def _norm_swish(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
 
 
 # torch >= 2.4 takes the device type in is_autocast_enabled; torch >= 2.3 has is_compiling.
-if torch.__version__ >= "2.4":
-    def _autocast_on(device_type: str) -> bool:
+# Feature-tested once at import (not version-compared: as strings "2.13" sorts below "2.4"), so the
+# forward pass branches on a constant, which torch.compile traces without a graph break.
+try:
+    torch.is_autocast_enabled("cpu")
+    _AUTOCAST_TAKES_DEVICE = True
+except TypeError:  # pragma: no cover - torch < 2.4
+    _AUTOCAST_TAKES_DEVICE = False
+
+
+def _autocast_on(device_type: str) -> bool:
+    if _AUTOCAST_TAKES_DEVICE:
         return torch.is_autocast_enabled(device_type)
-else:  # pragma: no cover - older torch
-    def _autocast_on(device_type: str) -> bool:
-        if device_type == "cpu":
-            return torch.is_autocast_cpu_enabled()
-        return torch.is_autocast_enabled()
+    if device_type == "cpu":  # pragma: no cover - torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+    return torch.is_autocast_enabled()  # pragma: no cover
+
 
 _is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
 
