@@ -10,18 +10,11 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from ddpm_ref.__main__ import main
 from ddpm_ref.checkpoint import load_checkpoint
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cli(*args, cwd):
@@ -171,26 +164,12 @@ def test_resume_and_convert_through_main(cli_run, tmp_path, capsys):
     capsys.readouterr()
 
 
-def test_fid_stats_and_fid_through_main(tmp_path, capsys):
+def test_fid_stats_and_fid_through_main(tmp_path, capsys, toy_feature_net):
     """The FID commands end to end, with a small TorchScript stand-in for Inception (fast)."""
-    import warnings
-
     from ddpm_ref.data import load_sample
     from ddpm_ref.evaluate import save_samples
 
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            torch.manual_seed(0)
-            self.conv = torch.nn.Conv2d(3, 16, 7, stride=4)
-
-        def forward(self, x):
-            return torch.tanh(self.conv(x)).mean(dim=(2, 3))
-
-    net = tmp_path / "toy.pt"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.save(torch.jit.script(Net().eval()), str(net))
+    net = toy_feature_net
     stats = tmp_path / "ref.npz"
     assert main(["fid-stats", "--data", "sample:test", "--num-images", "40", "--out", str(stats),
                  "--feature-weights", str(net), *COMMON]) == 0

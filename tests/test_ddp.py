@@ -22,13 +22,7 @@ from ddpm_ref.config import apply_overrides, get_config, save_config
 from ddpm_ref.data import load_sample
 from ddpm_ref.train import Trainer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _env():

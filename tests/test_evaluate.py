@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import pytest
@@ -23,13 +22,7 @@ from ddpm_ref.evaluate import (
 )
 from ddpm_ref.train import Trainer, derive_seed
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _images16(x):
@@ -224,29 +217,11 @@ def test_reference_statistics_refuse_lossy_folders(tmp_path):
         reference_statistics("sample:test", num_images=1, progress=False)
 
 
-def _toy_feature_net(path):
-    """A small TorchScript stand-in for Inception ([N, 3, 299, 299] -> [N, 16]) for fast plumbing tests."""
-
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            torch.manual_seed(0)
-            self.conv = torch.nn.Conv2d(3, 16, 7, stride=4)
-
-        def forward(self, x):
-            return torch.tanh(self.conv(x)).mean(dim=(2, 3))
-
-    with warnings.catch_warnings():  # TorchScript is deprecated in torch >= 2.10, still supported
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.save(torch.jit.script(Net().eval()), str(path))
-    return path
-
-
 @pytest.mark.parametrize("real_inception", [False, pytest.param(True, marks=pytest.mark.slow)])
-def test_fid_of_a_set_against_its_own_statistics_is_zero(tmp_path, real_inception):
+def test_fid_of_a_set_against_its_own_statistics_is_zero(tmp_path, real_inception, toy_feature_net):
     from ddpm_ref.fid import save_statistics
 
-    weights = None if real_inception else _toy_feature_net(tmp_path / "toy.pt")
+    weights = None if real_inception else toy_feature_net
     n = 6 if real_inception else 40
     stats = reference_statistics("sample:test", num_images=n, batch_size=n, progress=False, weights=weights)
     assert stats.n == n and stats.pixel_exact and "sample:test" in stats.source

@@ -14,14 +14,7 @@ from ddpm_ref.config import apply_overrides, get_config
 from ddpm_ref.data import DataFileError, load_sample
 from ddpm_ref.train import NonFiniteLossError, Trainer, load_images, train, warmup_lr
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Bit-exact comparisons need a fixed thread count; one thread is also fastest on a busy 2-core box.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def images16(n: int | None = None) -> np.ndarray:
