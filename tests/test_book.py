@@ -446,6 +446,18 @@ def test_browser_check_reports_raw_tex_and_broken_images(tmp_path, browser):
     assert "resource failed to load" in problems
 
 
+def test_browser_check_reports_tex_that_lost_its_delimiters(tmp_path, browser):
+    """A cross-reference whose text Sphinx took from a heading with math (the TeX without
+    delimiters) is reported; plain prose with underscores in code names is not."""
+    page = _page(tmp_path, "bare.html",
+                 '<p>See <a href="#x"><span class="std std-ref">L_\\mathrm{simple}: dropping the '
+                 'weight</span></a> and <a href="#y">the posterior q(x_{t-1} | x_t, x_0)</a>; '
+                 'the array alphas_cumprod_prev is fine.</p>')
+    problems = "\n".join(browser.check_page(page).problems)
+    assert problems.count("raw TeX left in the rendered text") == 2, problems
+    assert "L_\\\\mathrm{simple}" in problems and "q(x_{t-1}" in problems
+
+
 def test_browser_check_reports_tex_errors_dead_links_and_script_errors(tmp_path, browser):
     page = _page(tmp_path, "errors.html",
                  r'<span class="math">\(\notamacro x\)</span><a href="nowhere.html">x</a>'

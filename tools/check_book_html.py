@@ -112,9 +112,14 @@ PAGE_PROBE_JS = r"""
     },
   });
   const delimiters = ['\\(', '\\[', '$$', '\\begin{'];
+  // TeX that lost its delimiters, e.g. a cross-reference whose text Sphinx took from a heading
+  // with math ("L_\\mathrm{simple}: ..."): a TeX command or a braced sub/superscript.
+  const bareTex = /\\[A-Za-z]+|[_^]\{/;
   for (let n = walker.nextNode(); n; n = walker.nextNode()) {
     const text = n.nodeValue;
     const hits = delimiters.map((d) => text.indexOf(d)).filter((i) => i >= 0);
+    const bare = text.search(bareTex);
+    if (bare >= 0) hits.push(bare);
     if (hits.length) {
       const i = Math.min(...hits);
       rawTex.push(JSON.stringify(text.slice(Math.max(0, i - 30), i + 50)));

@@ -12,9 +12,20 @@ the navigation sidebar of every page shows every chapter title, and a title may 
 (e.g. "The $\epsilon$-parameterisation"). On a page without math of its own, such a title was
 left as raw ``\(\epsilon\)``. ``html_assets_policy = "always"`` loads the (offline) MathJax on
 every page, so titles are typeset everywhere.
+
+Math in cross-reference text. A ``{ref}`` to a section takes the section's title as its link
+text, but Sphinx stores that title as plain text, so a heading such as "$L_\mathrm{simple}$:
+dropping the weight" became the link text "L_\mathrm{simple}: dropping the weight". This
+extension records the title nodes (math included) of every section whose heading has math, and
+puts them back into each reference that shows exactly that title. (Chapter titles avoid TeX
+altogether: the theme's previous/next buttons strip markup from them.)
 """
 
 from __future__ import annotations
+
+import posixpath
+
+from docutils import nodes
 
 
 def _dedupe_scripts(app, pagename, templatename, context, doctree) -> None:
@@ -37,8 +48,63 @@ def _dedupe_scripts(app, pagename, templatename, context, doctree) -> None:
     context["script_files"] = unique
 
 
+def _record_math_titles(app, doctree) -> None:
+    """doctree-read: remember the title nodes of sections whose heading contains math."""
+    env = app.env
+    if not hasattr(env, "ddpm_math_titles"):
+        env.ddpm_math_titles = {}
+    store = env.ddpm_math_titles
+    for key in [k for k in store if k[0] == env.docname]:
+        del store[key]
+    for section in doctree.findall(nodes.section):
+        title = section.next_node(nodes.title)
+        if title is None or next(iter(title.findall(nodes.math)), None) is None:
+            continue
+        kids = [c.deepcopy() for c in title.children]
+        for ident in section["ids"]:
+            store[(env.docname, ident)] = (title.astext(), kids)
+
+
+def _purge_math_titles(app, env, docname) -> None:
+    for key in [k for k in getattr(env, "ddpm_math_titles", {}) if k[0] == docname]:
+        del env.ddpm_math_titles[key]
+
+
+def _merge_math_titles(app, env, docnames, other) -> None:
+    if not hasattr(env, "ddpm_math_titles"):
+        env.ddpm_math_titles = {}
+    env.ddpm_math_titles.update(getattr(other, "ddpm_math_titles", {}))
+
+
+def _restore_math_in_refs(app, doctree, docname) -> None:
+    """doctree-resolved: give {ref} links to such sections their title with the math."""
+    store = getattr(app.env, "ddpm_math_titles", {})
+    if not store:
+        return
+    for ref in doctree.findall(nodes.reference):
+        if not ref.get("internal") or len(ref.children) != 1:
+            continue
+        inner = ref.children[0]
+        if not isinstance(inner, nodes.inline) or "std-ref" not in inner.get("classes", []):
+            continue
+        if "refid" in ref:
+            key = (docname, ref["refid"])
+        else:
+            path, _, anchor = ref.get("refuri", "").partition("#")
+            target = posixpath.normpath(posixpath.join(posixpath.dirname(docname), path))
+            key = (target[: -len(".html")] if target.endswith(".html") else target, anchor)
+        found = store.get(key)
+        if found is not None and inner.astext() == found[0]:
+            inner.children = []
+            inner.extend(c.deepcopy() for c in found[1])
+
+
 def setup(app):
     app.set_html_assets_policy("always")
+    app.connect("doctree-read", _record_math_titles)
+    app.connect("env-purge-doc", _purge_math_titles)
+    app.connect("env-merge-info", _merge_math_titles)
+    app.connect("doctree-resolved", _restore_math_in_refs)
     # after the theme and the other extensions (default priority 500) filled the context
     app.connect("html-page-context", _dedupe_scripts, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
