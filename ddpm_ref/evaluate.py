@@ -140,6 +140,35 @@ def _batches(n: int, batch_size: int) -> list[tuple[int, int, int]]:
     return [(i, s, min(s + batch_size, n)) for i, s in enumerate(range(0, n, batch_size))]
 
 
+def _default_device(model, device) -> torch.device:
+    if device is None:
+        device = next(iter(model.parameters())).device if isinstance(model, torch.nn.Module) else "cpu"
+    return torch.device(device)
+
+
+def _map_batches(n: int, batch_size: int, fn, *, desc: str, progress: bool) -> list:
+    """``fn(i, start, stop)`` for every batch of ``n`` items, results in batch order.
+
+    Under ``torchrun`` each rank runs every world_size-th batch and the results are gathered, so
+    every rank returns all of them; the progress bar (on rank 0) counts items.
+    """
+    dist_on = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist_on else (0, 1)
+    batches = _batches(n, batch_size)
+    mine = [b for b in batches if b[0] % world == rank]
+    local = {}
+    with tqdm(total=sum(e - s for _, s, e in mine), unit="img", desc=desc,
+              disable=not (progress and rank == 0)) as bar:
+        for i, s, e in mine:
+            local[i] = fn(i, s, e)
+            bar.update(e - s)
+    if world > 1:
+        gathered = [None] * world
+        dist.all_gather_object(gathered, local)
+        local = {k: v for part in gathered for k, v in part.items()}
+    return [local[i] for i, _, _ in batches]
+
+
 # ----------------------------------------------------------------------------------- bits/dim
 @torch.no_grad()
 def evaluate_bpd(
@@ -176,27 +205,17 @@ def evaluate_bpd(
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or images.shape[0] < 1:
         raise ValueError(f"images must be uint8 [N, H, W, 3] with N >= 1, got {images.dtype} {images.shape}")
-    if device is None:
-        device = next(iter(model.parameters())).device if isinstance(model, torch.nn.Module) else "cpu"
-    device = torch.device(device)
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+    device = _default_device(model, device)
     n, T = images.shape[0], diffusion.num_timesteps
-    batches = _batches(n, batch_size)
-    local = {}
-    mine = [b for b in batches if b[0] % world == rank]
-    with tqdm(total=sum(b[2] - b[1] for b in mine), unit="img", desc=f"bits/dim (T={T})",
-              disable=not (progress and rank == 0)) as bar, value_checks(False):
-        for i, s, e in mine:
-            x = from_uint8(images[s:e]).to(device)
-            g = torch.Generator(device=device).manual_seed(derive_seed(seed, _SEED_BPD, i))
-            out = diffusion.calc_bpd_loop(model, x, clip_denoised=clip_denoised, generator=g, progress=False)
-            local[i] = {k: v.double().cpu().numpy() for k, v in out.items()}
-            bar.update(e - s)
-    if world > 1:
-        gathered = [None] * world
-        dist.all_gather_object(gathered, local)
-        local = {k: v for part in gathered for k, v in part.items()}
-    parts = [local[i] for i, _, _ in batches]
+
+    def one_batch(i, s, e):
+        x = from_uint8(images[s:e]).to(device)
+        g = torch.Generator(device=device).manual_seed(derive_seed(seed, _SEED_BPD, i))
+        out = diffusion.calc_bpd_loop(model, x, clip_denoised=clip_denoised, generator=g, progress=False)
+        return {k: v.double().cpu().numpy() for k, v in out.items()}
+
+    with value_checks(False):
+        parts = _map_batches(n, batch_size, one_batch, desc=f"bits/dim (T={T})", progress=progress)
     cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     terms = cat["terms_bpd"]  # [N, T]
     per_image = {
@@ -292,33 +311,22 @@ def generate_samples(
         image_size = getattr(model, "resolution", None)
         if image_size is None:
             raise ValueError("image_size is required for a model without a .resolution attribute")
-    if device is None:
-        device = next(iter(model.parameters())).device if isinstance(model, torch.nn.Module) else "cpu"
-    device = torch.device(device)
+    device = _default_device(model, device)
     proc = _sampling_process(diffusion, sampler, steps)
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-    batches = _batches(num, batch_size)
-    mine = [b for b in batches if b[0] % world == rank]
-    local = {}
-    desc = f"sampling ({sampler}, {proc.num_timesteps} steps)"
-    with tqdm(total=sum(b[2] - b[1] for b in mine), unit="img", desc=desc,
-              disable=not (progress and rank == 0)) as bar, value_checks(False), _autocast(device, bf16):
-        for i, s, e in mine:
-            g = torch.Generator(device=device).manual_seed(derive_seed(seed, _SEED_SAMPLE, i))
-            shape = (e - s, channels, image_size, image_size)
-            if sampler == "ancestral":
-                x = ancestral_sample(proc, model, shape, generator=g, device=device, progress=False)["sample"]
-            else:
-                x = ddim_sample(proc, model, shape, eta=float(eta), generator=g, device=device, progress=False)[
-                    "sample"
-                ]
-            local[i] = to_uint8(x.float())
-            bar.update(e - s)
-    if world > 1:
-        gathered = [None] * world
-        dist.all_gather_object(gathered, local)
-        local = {k: v for part in gathered for k, v in part.items()}
-    return np.concatenate([local[i] for i, _, _ in batches])
+
+    def one_batch(i, s, e):
+        g = torch.Generator(device=device).manual_seed(derive_seed(seed, _SEED_SAMPLE, i))
+        shape = (e - s, channels, image_size, image_size)
+        if sampler == "ancestral":
+            x = ancestral_sample(proc, model, shape, generator=g, device=device, progress=False)["sample"]
+        else:
+            x = ddim_sample(proc, model, shape, eta=float(eta), generator=g, device=device, progress=False)["sample"]
+        return to_uint8(x.float())
+
+    with value_checks(False), _autocast(device, bf16):
+        parts = _map_batches(num, batch_size, one_batch, desc=f"sampling ({sampler}, {proc.num_timesteps} steps)",
+                             progress=progress)
+    return np.concatenate(parts)
 
 
 def save_samples(images: np.ndarray, out_dir: str | os.PathLike, meta: dict | None = None,
