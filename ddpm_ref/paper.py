@@ -124,3 +124,106 @@ TABLE3_LSUN_FID = {
     "Ours (L_simple)": {"LSUN Bedroom": 6.36, "LSUN Church": 7.89, "LSUN Cat": 19.75},
     "Ours (L_simple, large)": {"LSUN Bedroom": 4.90},
 }
+
+
+# ------------------------------------------------------------------------------------------------
+# The registry of equations and claims behind the book's "Equation ledger" page.
+#
+# A notebook cell joins the ledger through its tags (cell metadata "tags"):
+#   * one kind tag:  "derivation"        where the result is derived (markdown or code cell);
+#                    "check-symbolic"    a SymPy identity whose two sides are computed independently;
+#                    "check-numerical"   Monte Carlo / quadrature / exact arithmetic against ddpm_ref;
+#                    "check-independent" agreement with an independent implementation (diffusers, ...);
+#   * one or more entry tags, each a key of LEDGER below ("eq-4", "alg-2", "claim-langevin", ...).
+# A check-* cell must be a code cell that asserts (tests/test_ledger.py). Every entry needs at least
+# one symbolic and one numerical check, and a derivation.
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One row of the equation ledger: a numbered equation, an algorithm or a claim."""
+
+    key: str  #: the cell tag naming it, e.g. "eq-4"
+    label: str  #: how the source names it, e.g. "eq. 4", "Algorithm 1", "Section 3.2"
+    title: str  #: what it states, in words
+    source: str = "ho2020denoising"  #: BibTeX key (book/references.bib) of the paper that states it
+    #: regular expression matched against ddpm_ref docstrings to name the implementing functions;
+    #: for the paper's own equations it is derived from the label ("eq. N", "Algorithm N")
+    cites: str | None = None
+
+
+def _eq(n: int, title: str) -> LedgerEntry:
+    return LedgerEntry(f"eq-{n}", f"eq. {n}", title)
+
+
+_LEDGER_ENTRIES = (
+    _eq(1, "the reverse process p_θ(x_{0:T}): a Markov chain of Gaussians from p(x_T) = N(0, I)"),
+    _eq(2, "the forward process q(x_{1:T} | x_0): Gaussian steps with variances β_t"),
+    _eq(3, "the variational bound on the negative log-likelihood"),
+    _eq(4, "q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I) in closed form"),
+    _eq(5, "the bound as L_T + Σ_{t>1} L_{t−1} + L_0 (KL divergences between Gaussians)"),
+    _eq(6, "the forward-process posterior q(x_{t−1} | x_t, x_0) = N(μ̃_t, β̃_t I)"),
+    _eq(7, "the posterior mean μ̃_t(x_t, x_0) and variance β̃_t"),
+    _eq(8, "L_{t−1} = E[‖μ̃_t − μ_θ‖² / (2σ_t²)] + C"),
+    _eq(9, "L_{t−1} with x_t reparameterised as x_t(x_0, ε)"),
+    _eq(10, "L_{t−1} with μ̃_t written through x_t and ε"),
+    _eq(11, "μ_θ(x_t, t) = (x_t − β_t / √(1 − ᾱ_t) ε_θ(x_t, t)) / √α_t"),
+    _eq(12, "L_{t−1} − C as a weighted ε-prediction (denoising score matching) error"),
+    _eq(13, "the discretised Gaussian decoder p_θ(x_0 | x_1)"),
+    _eq(14, "L_simple: the unweighted ε-prediction error"),
+    _eq(15, "the x_0 estimate x̂_0 = (x_t − √(1 − ᾱ_t) ε_θ) / √ᾱ_t"),
+    _eq(16, "the bound as KL(q(x_T) ‖ p(x_T)) + Σ E KL(q(x_{t−1} | x_t) ‖ p_θ(x_{t−1} | x_t)) + H(x_0)"),
+    _eq(17, "Appendix A: the bound as E_q[−log p_θ(x_{0:T}) / q(x_{1:T} | x_0)]"),
+    _eq(18, "Appendix A: the log of the factorised ratio as a sum over steps"),
+    _eq(19, "Appendix A: the t = 1 term split off"),
+    _eq(20, "Appendix A: forward steps reversed with Bayes' rule through q(x_{t−1} | x_t, x_0)"),
+    _eq(21, "Appendix A: the marginal ratios telescope"),
+    _eq(22, "Appendix A: the bound as expectations of KL divergences (eq. 5)"),
+    _eq(23, "Appendix A: the bound written with the forward steps q(x_t | x_{t−1})"),
+    _eq(24, "Appendix A: the forward steps reversed with the marginals q(x_{t−1}), q(x_t)"),
+    _eq(25, "Appendix A: the telescoped marginals and the entropy of the data"),
+    _eq(26, "Appendix A: the bound as KL terms of the true reverse steps plus H(x_0) (eq. 16)"),
+    LedgerEntry("alg-1", "Algorithm 1", "training: gradient steps on ‖ε − ε_θ(√ᾱ_t x_0 + √(1 − ᾱ_t) ε, t)‖²"),
+    LedgerEntry("alg-2", "Algorithm 2", "sampling: x_T ~ N(0, I), then x_{t−1} = μ_θ(x_t, t) + σ_t z"),
+    LedgerEntry("alg-3", "Algorithm 3", "sending x_0: transmit x_T, then each x_{t−1} given x_t, then x_0"),
+    LedgerEntry("alg-4", "Algorithm 4", "receiving: decode x_T, the x_{t−1} in turn, then x_0"),
+    LedgerEntry("claim-variance-choices", "Section 3.2",
+                "σ_t² = β_t is optimal for x_0 ~ N(0, I), σ_t² = β̃_t for x_0 deterministic"),
+    LedgerEntry("claim-langevin", "Section 3.2",
+                "sampling with eq. 11 resembles Langevin dynamics with ε_θ as a learned gradient of the data density"),
+    LedgerEntry("claim-t1-decoder", "Section 3.3",
+                "the t = 1 term of L_simple approximates L_0 (the discrete decoder's NLL)"),
+    LedgerEntry("claim-rate-distortion", "Section 4.3",
+                "rate L_1 + … + L_T and distortion L_0; the rate-distortion curve along the reverse process"),
+    LedgerEntry("claim-small-beta-gaussian", "Section 2",
+                "for small β_t the reverse step q(x_{t−1} | x_t) is Gaussian to first order (Feller)",
+                cites=r"Feller|[Ss]mall[- ]β|small beta"),
+    # ---- past the paper (issue 11): results the book derives because it uses them
+    LedgerEntry("ext-ddim-marginals", "DDIM Lemma 1",
+                "the non-Markovian family q_σ(x_{1:T} | x_0) has the marginals of eq. 4 for every σ",
+                "song2021denoising", r"DDIM[^.]{0,40}Lemma 1|Lemma 1 of DDIM"),
+    LedgerEntry("ext-ddim-step", "DDIM eq. 12", "the generative step with η, through x̂_0 and ε_θ",
+                "song2021denoising", r"DDIM[^.]{0,40}eq\. ?12"),
+    LedgerEntry("ext-ddim-objective", "DDIM Theorem 1",
+                "J_σ = L_γ + C: one ε-network serves every σ (η)", "song2021denoising", r"DDIM[^.]{0,40}Theorem 1"),
+    LedgerEntry("ext-snr-bound", "VDM eq. 13",
+                "L_{t−1} = ½ (SNR(t−1) − SNR(t)) E‖x_0 − x̂_0‖² per dimension",
+                "kingma2021variational", r"SNR\(t ?- ?1\) ?- ?SNR\(t\)|Kingma et al\.[^.]{0,40}eq\."),
+    LedgerEntry("ext-continuous-bound", "VDM eq. 17-18",
+                "the continuous-time bound depends on the schedule only through SNR at the endpoints",
+                "kingma2021variational", r"continuous-time bound|endpoints? of the SNR"),
+    LedgerEntry("ext-vp-sde", "Song et al. 2021 eq. 11",
+                "the forward chain tends to the variance-preserving SDE dx = −½β(t)x dt + √β(t) dw",
+                "song2021score", r"VP[- ]SDE|variance-preserving SDE"),
+    LedgerEntry("ext-reverse-sde", "Song et al. 2021 eq. 6, 13",
+                "the reverse-time SDE and the probability-flow ODE share the forward marginals",
+                "song2021score", r"probability[- ]flow|reverse-time SDE"),
+    LedgerEntry("ext-ode-likelihood", "Song et al. 2021 eq. 39",
+                "exact log-likelihood through the instantaneous change of variables",
+                "song2021score", r"change of variables|Hutchinson"),
+)
+
+#: The ledger's rows, by tag. tests/test_ledger.py checks every notebook tag against it.
+LEDGER: dict[str, LedgerEntry] = {e.key: e for e in _LEDGER_ENTRIES}
+
+#: The kinds of ledger cell, as cell tags.
+LEDGER_KINDS = ("derivation", "check-symbolic", "check-numerical", "check-independent")
