@@ -293,9 +293,11 @@ def _make_directive():
                 rc = by_key.get(key, [])
                 row = nodes.row(ids=[f"ledger-row-{key}"])
                 row += nodes.entry("", nodes.paragraph(text=entry.label))
-                stmt = nodes.paragraph(text=entry.title)
+                text = entry.title
                 if entry.source != "ho2020denoising":
-                    stmt += nodes.Text(f" [{entry.source}]")
+                    text += f" {{cite:p}}`{entry.source}`"
+                inline, msgs = self.state.inline_text(text, self.lineno)  # MyST: $math$ and {cite:p}
+                stmt = nodes.paragraph("", "", *inline, *msgs)
                 row += nodes.entry("", stmt)
                 row += nodes.entry("", nodes.paragraph("", "", *(_cell_links(rc, ("derivation",)) or
                                                                   [nodes.Text("—")])))
