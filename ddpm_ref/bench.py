@@ -66,6 +66,7 @@ __all__ = [
     "forward_flops",
     "run_benchmark",
     "format_report",
+    "build_parser",
     "run_gpu_suite",
     "format_gpu_report",
     "ACCURACY_BOUNDS",
@@ -785,7 +786,8 @@ def format_gpu_report(r: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser of ``python -m ddpm_ref.bench``."""
     p = argparse.ArgumentParser(
         prog="python -m ddpm_ref.bench", description=__doc__.split("\n")[0],
         epilog="--suite gpu: the one-shot GPU check (training steps/s at batch 128 for fp32 with TF32 off/on, "
@@ -817,7 +819,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--json", default=None, help="also write the full result to this file")
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     command = "python -m ddpm_ref.bench " + " ".join(sys.argv[1:] if argv is None else list(argv))
