@@ -179,6 +179,17 @@ def _eps(model, fwd) -> np.ndarray:
         return model(x, torch.from_numpy(fwd["t"])).permute(0, 2, 3, 1).numpy()
 
 
+def _temb(model, fwd) -> np.ndarray:
+    """The output of the network's timestep-embedding MLP during the forward pass (a hook)."""
+    seen = []
+    handle = model.temb.dense1.register_forward_hook(lambda mod, args, out: seen.append(out.detach()))
+    try:
+        _eps(model, fwd)
+    finally:
+        handle.remove()
+    return seen[0].numpy()
+
+
 def test_converted_fixture_matches_tensorflows_forward_ema_and_raw(tmp_path, forward, capsys):
     """The CLI's EMA conversion reproduces TF's EMA outputs, --no-ema the raw ones; not swapped."""
     models = {"ema": load_unet(_convert(tmp_path, "ema")), "raw": load_unet(_convert(tmp_path, "raw", "--no-ema"))}
@@ -191,6 +202,14 @@ def test_converted_fixture_matches_tensorflows_forward_ema_and_raw(tmp_path, for
         other = "raw" if kind == "ema" else "ema"
         assert np.abs(eps - forward[f"eps_{kind}"]).max() < 1e-4, kind
         assert np.abs(eps - forward[f"eps_{other}"]).max() > 0.5, f"{kind} looks like {other}: swapped?"
+        # the timestep path: at this width (one channel per GroupNorm group) eps does not depend on t,
+        # so the embedding MLP's output is compared on its own
+        assert np.abs(_temb(model, forward) - forward[f"temb_{kind}"]).max() < 1e-4, kind
+    x = torch.from_numpy(forward["x"][:1]).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        e0, e1 = (models["ema"](x, torch.tensor([s])) for s in (0, 999))
+    assert torch.allclose(e0, e1, atol=1e-4)  # why eps alone cannot check the timestep path here
+    assert np.abs(forward["temb_ema"][0] - forward["temb_ema"][-1]).max() > 0.1  # temb does depend on t
     # the file records where the weights came from
     from safetensors import safe_open
 
@@ -638,6 +657,7 @@ def test_live_tensorflow_checkpoint_and_reader(tmp_path):
         model, info = load_tf_unet(tmp_path / "ckpt", ema=ema, resolution=RES, backend="ddpm_ref")
         assert info["global_step"] == 2
         assert np.abs(_eps(model, fwd) - fwd["eps_ema" if ema else "eps_raw"]).max() < 1e-4
+        assert np.abs(_temb(model, fwd) - fwd["temb_ema" if ema else "temb_raw"]).max() < 1e-4
         if python == sys.executable:
             tf_model, tf_info = load_tf_unet(tmp_path / "ckpt", ema=ema, resolution=RES, backend="tensorflow")
             assert tf_info["backend"] == "tensorflow"

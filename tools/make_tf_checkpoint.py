@@ -22,9 +22,14 @@ original initialises near zero, and non-trivial biases and GroupNorm scales/offs
 path of the network affects the output; then ``--steps`` Adam steps (lr ``--lr``) on random data
 move the raw weights away from their EMA shadows (which stay near the initial values).
 
-Outputs (``--forward``): the network's eps prediction on fixed random inputs at the timesteps
-``--timesteps``, once with the raw variables and once with the EMA shadows, in ``forward.npz``
-(``x`` [N, H, W, 3] NHWC float32, ``t`` [N] int64, ``eps_raw``, ``eps_ema`` NHWC float32).
+Outputs (unless ``--no-forward``): the network's eps prediction on fixed random inputs at the
+timesteps ``--timesteps``, once with the raw variables and once with the EMA shadows, in
+``forward.npz`` (``x`` [N, H, W, 3] NHWC float32, ``t`` [N] int64, ``eps_raw``, ``eps_ema`` NHWC
+float32), and the output of the timestep-embedding MLP (``temb_raw``, ``temb_ema``, [N, 4 ch]).
+At width 32 every GroupNorm group holds one channel, so the per-channel timestep term added
+before ``norm2`` is removed again by the normalisation: the small network's eps does not depend
+on t, and ``temb_*`` is what checks the timestep path there (the ``cifar10`` width, four channels
+per group, depends on t).
 
 Examples::
 
@@ -63,7 +68,8 @@ GROUPS, GN_EPS, EMA_DECAY = 32, 1e-6, 0.9999
 
 
 def build(tf, cfg, x, t, dropout):
-    """The original U-Net's forward pass in TF ops: x [B, H, W, 3], t [B] -> eps [B, H, W, out_ch]."""
+    """The original U-Net's forward pass in TF ops: x [B, H, W, 3], t [B] -> (eps [B, H, W, out_ch],
+    temb [B, 4 ch], the output of the timestep-embedding MLP)."""
     v1 = tf.compat.v1
 
     def var(name, shape, kind):
@@ -162,7 +168,7 @@ def build(tf, cfg, x, t, dropout):
                     h = conv(h, "upsample/conv", int(h.shape[-1]))
         assert not hs
         h = swish(norm(h, "norm_out"))
-        return conv(h, "conv_out", cfg["out_ch"])
+        return conv(h, "conv_out", cfg["out_ch"]), temb
 
 
 def main(argv=None) -> dict:
@@ -195,7 +201,7 @@ def main(argv=None) -> dict:
     x = v1.placeholder(tf.float32, [None, res, res, 3], name="x")
     t = v1.placeholder(tf.int64, [None], name="t")
     rate = v1.placeholder_with_default(0.0, [], name="dropout")
-    eps = build(tf, cfg, x, t, rate)
+    eps, temb = build(tf, cfg, x, t, rate)
     target = v1.placeholder(tf.float32, [None, res, res, cfg["out_ch"]], name="target")
     loss = tf.reduce_mean(tf.square(eps - target))
     global_step = v1.train.get_or_create_global_step()
@@ -224,10 +230,11 @@ def main(argv=None) -> dict:
         if not args.no_forward:
             steps = np.array([int(s) for s in args.timesteps.split(",")], dtype=np.int64)
             xf = rng.standard_normal((len(steps), res, res, 3)).astype(np.float32)
-            eps_raw = sess.run(eps, {x: xf, t: steps})
+            eps_raw, temb_raw = sess.run([eps, temb], {x: xf, t: steps})
             sess.run([v.assign(ema.average(v)) for v in params])  # after saving: the file is unchanged
-            eps_ema = sess.run(eps, {x: xf, t: steps})
-            np.savez_compressed(out / "forward.npz", x=xf, t=steps, eps_raw=eps_raw, eps_ema=eps_ema)
+            eps_ema, temb_ema = sess.run([eps, temb], {x: xf, t: steps})
+            np.savez_compressed(out / "forward.npz", x=xf, t=steps, eps_raw=eps_raw, eps_ema=eps_ema,
+                                temb_raw=temb_raw, temb_ema=temb_ema)
             result["forward_max_abs_ema_minus_raw"] = float(np.abs(eps_ema - eps_raw).max())
 
     versions = {"tensorflow": tf.__version__, "numpy": np.__version__, "python": platform.python_version(),
@@ -273,7 +280,11 @@ Versions: TensorFlow {v['tensorflow']}, NumPy {v['numpy']}, Python {v['python']}
   and no `checkpoint` state file, like the release folders.
 * `forward.npz`: the TensorFlow forward pass (eval mode, no dropout) on {len(args.timesteps.split(','))} fixed
   random NHWC inputs `x` at timesteps `t` = {args.timesteps}, with the raw weights (`eps_raw`) and with
-  the EMA shadows (`eps_ema`); they differ by up to {result['forward_max_abs_ema_minus_raw']:.3g}.
+  the EMA shadows (`eps_ema`); they differ by up to {result['forward_max_abs_ema_minus_raw']:.3g}. Also the
+  output of the timestep-embedding MLP (`temb_raw`, `temb_ema`): at this width every GroupNorm group
+  holds one channel, so the per-channel timestep term is normalised away and `eps` does not depend on
+  `t`; `temb_*` checks the timestep path (embedding, `dense0`, swish, `dense1`) instead.
+* The script sets `TF_ENABLE_ONEDNN_OPTS=0` and one thread, for reproducible outputs.
 """
     (out / "README.md").write_text(text)
 
