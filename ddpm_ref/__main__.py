@@ -179,13 +179,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="convert weights (diffusers, pytorch_diffusion, a training checkpoint's EMA) to .safetensors",
         description="Write a ddpm_ref U-Net .safetensors file (weights + config) from: a diffusers UNet2DModel "
         "directory or weights file (google/ddpm-cifar10-32 layout, non-EMA weights), a pytorch_diffusion "
-        "checkpoint (the EMA weights, FID 3.2), or a ddpm_ref training checkpoint (its EMA weights unless "
-        "--no-ema). The result works with 'sample' and 'evaluate --checkpoint'.",
+        "checkpoint (the EMA weights, FID 3.2), the original TensorFlow checkpoint (its EMA weights unless "
+        "--no-ema), or a ddpm_ref training checkpoint (its EMA weights unless --no-ema). The result works "
+        "with 'sample' and 'evaluate --checkpoint'.",
     )
-    p.add_argument("source", help="weights file or diffusers directory")
+    p.add_argument("source", help="weights file, diffusers directory, or the original TensorFlow checkpoint "
+                   "(prefix such as model.ckpt-790000, or its directory)")
     p.add_argument("--out", required=True, help="output .safetensors file")
     p.add_argument("--resolution", type=int, default=None, help="image size if it cannot be inferred")
-    p.add_argument("--no-ema", action="store_true", help="for a training checkpoint: export the raw weights")
+    p.add_argument("--no-ema", action="store_true",
+                   help="for a training checkpoint or a TensorFlow checkpoint: export the raw weights")
     return parser
 
 
@@ -362,6 +365,14 @@ def _cmd_convert(args) -> int:
 
     src = Path(args.source)
     model = None
+    from .tf_checkpoint import is_tf_checkpoint, load_tf_unet
+
+    if is_tf_checkpoint(src):  # the original TensorFlow code's checkpoint: EMA unless --no-ema
+        model, info = load_tf_unet(src, ema=not args.no_ema, resolution=args.resolution)
+        path = convert.save_unet(model, args.out, source=info)
+        print(f"wrote {path} ({info['parameters']:,} parameters, {info['weights']} weights of "
+              f"{info['checkpoint']}, step {info['global_step']})")
+        return 0
     if src.is_file() and src.suffix in (".pt", ".pth"):
         try:
             ckpt = load_checkpoint(src)

@@ -15,6 +15,9 @@ Three layouts are understood:
 ``"pesser"``
     pesser/pytorch_diffusion's ``Model`` (a direct port of the TF graph), the layout of the
     converted *EMA* checkpoints (``ema_diffusion_cifar10_model/model-790000.ckpt``, FID 3.2).
+``"tensorflow"``
+    the original TensorFlow checkpoints themselves (``model.ckpt-790000.index`` + ``.data-*``),
+    read by :mod:`ddpm_ref.tf_checkpoint` (EMA shadows by default, raw variables on request).
 
 Why the layouts are the same function (checked numerically in ``tests/test_convert.py``):
 
@@ -56,6 +59,7 @@ __all__ = [
     "from_diffusers",
     "from_pesser",
     "from_hub",
+    "from_tf_checkpoint",
     "load_pretrained",
     "save_unet",
     "load_unet",
@@ -442,13 +446,15 @@ def from_pesser(source, resolution: int | None = None, dropout: float = 0.0) -> 
     return load_state_dict_strict(model, mapped).eval()
 
 
-def save_unet(model: UNet, path: str | os.PathLike) -> Path:
+def save_unet(model: UNet, path: str | os.PathLike, source: Mapping | None = None) -> Path:
     """Save ``model``'s weights and config to one ``.safetensors`` file (our format).
 
     The format tag and the config are stored as ONE sorted-key JSON string in the file's metadata
     under ``"ddpm_ref"``, so :func:`load_unet` rebuilds the same network without any other file,
     and saving the same weights twice gives byte-identical files (safetensors writes a metadata
-    dict with several keys in arbitrary order).
+    dict with several keys in arbitrary order). ``source`` (JSON-ready mapping, optional) records
+    where the weights came from (e.g. a TF checkpoint's name, EMA or raw, its global step) under
+    ``"source"`` in the same JSON.
     """
     if not isinstance(model, UNet):
         raise ValueError(f"save_unet expects a ddpm_ref UNet, got {type(model).__name__}")
@@ -459,7 +465,10 @@ def save_unet(model: UNet, path: str | os.PathLike) -> Path:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    meta = {"ddpm_ref": json.dumps({"format": FORMAT_TAG, "config": model.config}, sort_keys=True)}
+    packed = {"format": FORMAT_TAG, "config": model.config}
+    if source is not None:
+        packed["source"] = dict(source)
+    meta = {"ddpm_ref": json.dumps(packed, sort_keys=True)}
     save_file(state, str(path), metadata=meta)
     return path
 
@@ -497,12 +506,18 @@ def load_unet(path: str | os.PathLike, map_location: str | torch.device = "cpu")
 def load_pretrained(path_or_dir: str | os.PathLike, resolution: int | None = None) -> UNet:
     """Load weights of any supported layout, detecting which one it is.
 
+    * a TensorFlow checkpoint of the original code (prefix, ``.index`` file, or a directory with
+      one ``*.index``): its EMA weights (:func:`from_tf_checkpoint`);
     * a directory with ``config.json`` (+ diffusers weights), or a pipeline directory with
       ``unet/``: diffusers;
     * a ``.safetensors`` file written by :func:`save_unet`: ddpm_ref;
     * any other weights file: layout detected from its key names (ddpm_ref, pesser, diffusers);
       the config is read off the shapes (``resolution`` as in :func:`infer_unet_config`).
     """
+    from ddpm_ref.tf_checkpoint import is_tf_checkpoint
+
+    if is_tf_checkpoint(path_or_dir):  # the original TF code's checkpoints: their EMA weights
+        return from_tf_checkpoint(path_or_dir, resolution=resolution)
     path = Path(path_or_dir)
     if path.is_dir():
         return from_diffusers(path)
@@ -520,6 +535,19 @@ def load_pretrained(path_or_dir: str | os.PathLike, resolution: int | None = Non
         return from_diffusers(state, config=config)
     model = UNet(**infer_unet_config(state, resolution=resolution))
     return load_state_dict_strict(model, state).eval()
+
+
+def from_tf_checkpoint(path: str | os.PathLike, ema: bool = True, resolution: int | None = None) -> UNet:
+    """A :class:`UNet` holding the weights of a checkpoint saved by the original TensorFlow code.
+
+    ``path`` is the checkpoint prefix (``diffusion_cifar10_model/model.ckpt-790000``), one of its
+    files, or a directory holding exactly one checkpoint. ``ema`` (default) takes the
+    ``ExponentialMovingAverage`` shadows (the paper's evaluation weights), otherwise the raw
+    variables. See :mod:`ddpm_ref.tf_checkpoint` (format, checks, the named-config rule).
+    """
+    from ddpm_ref.tf_checkpoint import load_tf_unet
+
+    return load_tf_unet(path, ema=ema, resolution=resolution)[0]
 
 
 def from_hub(repo_id: str = "google/ddpm-cifar10-32", subfolder: str | None = None,

@@ -105,3 +105,76 @@ def test_run_benchmark_validation():
         run_benchmark(config="tiny", variants=["fp64"])
     with pytest.raises(ValueError, match="unknown UNet configuration"):
         run_benchmark(config="mnist", repeats=1)
+
+
+# ------------------------------------------------------------------ the one-shot GPU check
+
+
+def test_gpu_suite_refuses_cleanly_without_cuda(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "gpu.json"
+    with pytest.raises(SystemExit) as exc:
+        main(["--suite", "gpu", "--json", str(out)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no CUDA device is visible (torch "), err
+    assert "add --smoke for the CPU toy run" in err[0] and not out.exists()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_gpu_suite_smoke_runs_every_code_path(tmp_path, capsys):
+    """--smoke: training (fp32 TF32 off/on, bf16, bf16 + compile), Algorithm 2 and DDIM sampling,
+    all against diffusers, the float64 accuracy check and the 2-process DDP check, at toy size."""
+    out = tmp_path / "gpu.json"
+    main(["--suite", "gpu", "--smoke", "--json", str(out), "--quiet"])
+    r = json.loads(out.read_text())
+    assert r["smoke"] is True and r["config"] == "tiny16" and r["params"] == count_parameters("tiny16")
+    assert r["env"]["command"].startswith("python -m ddpm_ref.bench --suite gpu --smoke")
+    train = r["train"]["runners"]
+    assert list(train) == ["ddpm_ref fp32 (TF32 off)", "ddpm_ref fp32 (TF32 on)", "ddpm_ref bf16 autocast",
+                           "ddpm_ref bf16 autocast + torch.compile", "diffusers fp32 (TF32 off)",
+                           "diffusers fp32 (TF32 on)", "diffusers bf16 autocast"]
+    for row in train.values():
+        assert len(row["times_s"]) == 2 and math.isfinite(row["steps_per_s"]) and row["steps_per_s"] > 0
+        assert row["peak_memory_bytes"] is None  # CPU: no CUDA allocator statistics
+    assert train["ddpm_ref bf16 autocast + torch.compile"]["compile"] == "eager"
+    assert train["ddpm_ref bf16 autocast + torch.compile"]["compile_s"] >= 0
+    assert len(r["train"]["ratios"]) == 3 and all(v > 0 for v in r["train"]["ratios"].values())
+    s = r["sample"]
+    assert s["ancestral_steps_timed"] == 3 and s["ddim_steps"] == 4 and s["T"] == 1000
+    for kind in ("ancestral", "ddim"):
+        assert set(s[kind]) == {"ddpm_ref fp32", "ddpm_ref bf16", "diffusers fp32", "diffusers bf16"}
+        assert all(row["images_per_s"] > 0 for row in s[kind].values())
+    acc = r["accuracy"]["rows"]
+    assert r["accuracy"]["pass"] and set(acc) == {"fp32 (TF32 off)", "fp32 (TF32 on)", "bf16 autocast"}
+    # float32 on the CPU is float64 to rounding; bf16 autocast really ran in bf16 (the check can tell)
+    assert acc["fp32 (TF32 off)"]["max_rel_diff"] < 1e-5 < 1e-3 < acc["bf16 autocast"]["max_rel_diff"]
+    ddp = r["ddp"]
+    assert ddp["pass"] and ddp["nproc"] == 2 and ddp["world_size_in_checkpoint"] == 2
+    assert 0 < ddp["update_rel_diff"] < 1e-3
+    text = capsys.readouterr().out
+    assert "SMOKE: toy sizes on CPU, not a measurement" in text and "DDP: 2 processes x 2 steps" in text
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_gpu_accuracy_check_on_converted_weights_and_a_failing_control(repo_root):
+    """The accuracy check on real converted weights (the TF fixture), and a control that must fail:
+    the same check against weights that differ from the reference by 1%."""
+    from ddpm_ref.bench import _gpu_accuracy
+    from ddpm_ref.tf_checkpoint import load_tf_unet
+
+    model, _ = load_tf_unet(repo_root / "tests/fixtures/tf_ddpm_small", resolution=32, backend="ddpm_ref")
+    res = _gpu_accuracy(model, torch.device("cpu"), {"accuracy_batch": 2}, 32, "fixture")
+    assert res["pass"] and res["rows"]["fp32 (TF32 off)"]["max_rel_diff"] < 1e-5
+
+    class Off(torch.nn.Module):  # float32 forward 1% off the float64 one
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x, t):
+            out = self.net(x, t)
+            return out * 1.01 if out.dtype != torch.float64 else out
+
+    bad = _gpu_accuracy(Off(model), torch.device("cpu"), {"accuracy_batch": 2}, 32, "control")
+    assert not bad["pass"] and not bad["rows"]["fp32 (TF32 off)"]["pass"]
