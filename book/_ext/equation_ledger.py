@@ -231,11 +231,33 @@ def _inline(text: str):
 
 
 def _ref(label: str, text: str):
-    from sphinx.addnodes import pending_xref
+    """A placeholder for a link to a cell's target; :func:`_resolve_links` turns it into a reference.
 
-    node = pending_xref("", refdomain="std", reftype="ref", reftarget=label, refexplicit=True, refwarn=True)
-    node += _inline(text)
+    (Not a ``pending_xref``: Sphinx rebuilds an explicit ``:ref:``'s text with ``astext()``, which
+    would drop the math of a section title.)
+    """
+    node = _inline(text)
+    node["ledger_label"] = label
     return node
+
+
+def _resolve_links(app, doctree, fromdocname) -> None:
+    """doctree-resolved: each placeholder becomes a reference to its cell's MyST target."""
+    from docutils import nodes
+    from sphinx.util import logging
+
+    labels = app.env.domaindata["std"]["anonlabels"]  # every target, titled or not: (docname, id)
+    for node in list(doctree.findall(nodes.inline)):
+        label = node.get("ledger_label")
+        if not label:
+            continue
+        if label not in labels:
+            logging.getLogger(__name__).warning(f"equation ledger: no target {label!r}", location=node)
+            node.replace_self(nodes.inline("", "", *node.children))
+            continue
+        docname, labelid = labels[label]
+        uri = app.builder.get_relative_uri(fromdocname, docname) + "#" + labelid
+        node.replace_self(nodes.reference("", "", *node.children, internal=True, refuri=uri))
 
 
 def _cell_links(cells, kinds) -> list:
@@ -326,5 +348,6 @@ def _make_directive():
 
 def setup(app):
     app.connect("source-read", _add_targets)
+    app.connect("doctree-resolved", _resolve_links)
     app.add_directive("equation-ledger", _make_directive())
     return {"parallel_read_safe": True, "parallel_write_safe": True}
