@@ -302,9 +302,9 @@ def generate_samples(
     from noise seeded by ``(seed, i)``. Under ``torchrun`` each rank samples every world_size-th
     batch; every rank returns the full set (gathered).
     ``sampler="ode"``: the probability-flow ODE (Song et al. 2021, eq. 13) with scipy's error-controlled
-    solver at tolerances ``rtol``, ``atol`` (default 1e-3 each; :func:`ddpm_ref.ode.ode_sample`); it takes
-    no ``steps`` and no ``eta``. If ``stats`` is a dict, ``stats["nfe"]`` receives the network
-    evaluations of every batch.
+    solver at tolerances ``rtol``, ``atol`` (default 1e-3 each; :func:`ddpm_ref.ode.ode_sample`), with
+    x0-hat clipped to [-1, 1] like the other two samplers; it takes no ``steps`` and no ``eta``. If
+    ``stats`` is a dict, ``stats["nfe"]`` receives the network evaluations of every batch.
     """
     from .data import to_uint8
     from .sampling import ancestral_sample, ddim_sample
@@ -340,7 +340,7 @@ def generate_samples(
         if sampler == "ancestral":
             x = ancestral_sample(proc, model, shape, generator=g, device=device, progress=False)["sample"]
         elif sampler == "ode":
-            out = ode_sample(proc, model, shape, rtol=rtol, atol=atol, generator=g, device=device)
+            out = ode_sample(proc, model, shape, rtol=rtol, atol=atol, generator=g, device=device, clip_denoised=True)
             x, nfe = out["sample"], out["nfe"]
         else:
             x = ddim_sample(proc, model, shape, eta=float(eta), generator=g, device=device, progress=False)["sample"]

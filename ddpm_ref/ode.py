@@ -168,7 +168,8 @@ class VPSchedule:
         return np.asarray(self._beta(np.asarray(s, dtype=np.float64)), dtype=np.float64)[()]
 
     def snr(self, s):
-        """SNR(s) = alphabar(s) / (1 - alphabar(s)) (Kingma et al. 2021)."""
+        """SNR(s) = alphabar(s) / (1 - alphabar(s)) (Kingma et al. 2021: the continuous-time bound depends on
+        the schedule only through the endpoints of the SNR, SNR(s_min) and SNR(1))."""
         return self.alpha_bar(s) / self.one_minus_alpha_bar(s)
 
     def timestep(self, s: float) -> int:
@@ -210,9 +211,13 @@ class NetworkEps:
     second half of the channels) is checked for shape and ignored: the ODE has no variance.
     ``"xprev"`` models are refused: their output is the mean of one discrete reverse step, which
     gives a score only through that step's size. ``calls`` counts network evaluations.
+
+    ``clip_denoised``: clip x0-hat to [-1, 1] and re-derive eps from it, as DDIM and Algorithm 2's
+    original implementation do: the flow of the clipped denoiser, which keeps a weak model's samples in
+    the data range. Off (the default) it is the probability-flow ODE itself, as a likelihood needs.
     """
 
-    def __init__(self, diffusion: GaussianDiffusion, model: Model):
+    def __init__(self, diffusion: GaussianDiffusion, model: Model, *, clip_denoised: bool = False):
         if not isinstance(diffusion, GaussianDiffusion):
             raise ValueError(f"diffusion must be a GaussianDiffusion, got {type(diffusion).__name__}")
         if not callable(model):
@@ -222,7 +227,7 @@ class NetworkEps:
                 "the probability-flow ODE needs eps (or x0) from the network, but model_mean_type 'xprev' "
                 "predicts the mean of one discrete reverse step; use an 'eps' or 'xstart' model"
             )
-        self.diffusion, self.model = diffusion, model
+        self.diffusion, self.model, self.clip_denoised = diffusion, model, bool(clip_denoised)
         self.schedule = VPSchedule.from_diffusion(diffusion)
         self.calls = 0
 
@@ -231,6 +236,9 @@ class NetworkEps:
         t = torch.full((x.shape[0],), self.schedule.timestep(s), dtype=torch.long, device=x.device)
         out, _ = d._split_output(d.call_model(self.model, x, t), x)  # variance half (if any) dropped
         self.calls += 1
+        if self.clip_denoised:
+            x0 = out if d.model_mean_type == "xstart" else d.predict_xstart_from_eps(x, t, out)
+            return d.predict_eps_from_xstart(x, t, x0.clamp(-1.0, 1.0))
         if d.model_mean_type == "xstart":
             return d.predict_eps_from_xstart(x, t, out)
         return out
@@ -511,6 +519,7 @@ def ode_sample(
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     denoise: bool = True,
+    clip_denoised: bool = False,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> dict:
@@ -522,11 +531,12 @@ def ode_sample(
     (x_1 - sqrt(1 - alphabar_1) eps) / sqrt(alphabar_1) (eq. 15; the last DDIM step, i.e. an Euler step
     of the ODE over the final 1/T, where the score of the data is not defined; not clipped).
     Returns ``{"sample"`` [shape], ``"nfe"``: network evaluations (+1 for ``denoise``),
-    ``"solver_steps"}``. The learned-variance half of a model's output is ignored.
+    ``"solver_steps"}``. The learned-variance half of a model's output is ignored. ``clip_denoised``
+    follows the flow of the clipped x0-hat (:class:`NetworkEps`; then the result lies in [-1, 1]).
     """
     from .sampling import _initial_noise
 
-    eps_fn = NetworkEps(diffusion, model)
+    eps_fn = NetworkEps(diffusion, model, clip_denoised=clip_denoised)
     if noise is not None:
         device, dtype = noise.device, noise.dtype
     x = _initial_noise(shape, noise, generator, device, dtype)

@@ -326,20 +326,24 @@ class ExactEps:
         return optimal_eps(self.mixture, self.diffusion, x, t).to(x.dtype)
 
 
-def optimal_eps_at(mixture: GaussianMixture, x: torch.Tensor, abar: float) -> torch.Tensor:
+def optimal_eps_at(mixture: GaussianMixture, x: torch.Tensor, abar) -> torch.Tensor:
     """E[eps | x] [N, d] (float64, differentiable in x) for x = sqrt(abar) x_0 + sqrt(1 - abar) eps at
-    ANY noise level ``abar`` in (0, 1] (a float; continuous time, e.g. ``VPSchedule.alpha_bar(s)`` of
-    :mod:`ddpm_ref.ode`): -sqrt(1 - abar) grad log q_abar(x), the exact eps of :func:`optimal_eps`
-    without a discrete schedule. At abar = 1 it is 0 (no noise)."""
+    ANY noise level ``abar`` in (0, 1]: a float, or one per example (a tensor [N]); continuous time, e.g.
+    ``VPSchedule.alpha_bar(s)`` of :mod:`ddpm_ref.ode`. It is -sqrt(1 - abar) grad log q_abar(x), the
+    exact eps of :func:`optimal_eps` without a discrete schedule; at abar = 1 it is 0 (no noise)."""
     if not isinstance(mixture, GaussianMixture):
         raise ValueError(f"mixture must be a GaussianMixture, got {type(mixture).__name__}")
     mixture._check_x(x)
-    abar = float(abar)
-    if not (math.isfinite(abar) and 0.0 < abar <= 1.0):
-        raise ValueError(f"abar must lie in (0, 1], got {abar}")
-    logcomp, prec_diff = mixture._terms(x, torch.full((x.shape[0],), abar, dtype=_F64))
+    ab = torch.as_tensor(abar, dtype=_F64).detach().cpu()
+    if ab.ndim == 0:
+        ab = ab.expand(x.shape[0])
+    if ab.shape != (x.shape[0],):
+        raise ValueError(f"abar must be a float or a tensor [N] = [{x.shape[0]}], got shape {tuple(ab.shape)}")
+    if not bool(((ab > 0) & (ab <= 1)).all()):
+        raise ValueError(f"abar must lie in (0, 1], got values in [{float(ab.min())}, {float(ab.max())}]")
+    logcomp, prec_diff = mixture._terms(x, ab.contiguous())
     r = torch.softmax(logcomp, dim=1)
-    return math.sqrt(-math.expm1(math.log(abar))) * (r[..., None] * prec_diff).sum(1)
+    return torch.sqrt(-torch.expm1(torch.log(ab)))[:, None] * (r[..., None] * prec_diff).sum(1)
 
 
 # ------------------------------------------------------------------------------------ the network

@@ -228,6 +228,18 @@ def test_ddim_eta0_is_a_first_order_discretisation_of_the_flow():
     assert 1.7 < errs[0] / errs[1] < 2.3 and 1.7 < errs[1] / errs[2] < 2.3, errs  # error ~ 1/K
 
 
+def test_clipped_flow_stays_in_range_and_is_the_limit_of_clipped_ddim():
+    d = make_diffusion("linear", 1000)
+    m = CountingModel(d, mu=0.9, s2=0.25)  # x0-hat often beyond 1: the clip is active
+    xT = torch.randn(64, 1, 1, 1, generator=torch.Generator().manual_seed(4), dtype=f64)
+    raw = ode.ode_sample(d, m, xT.shape, noise=xT, rtol=1e-7, atol=1e-7)["sample"]
+    ref = ode.ode_sample(d, m, xT.shape, noise=xT, rtol=1e-7, atol=1e-7, clip_denoised=True)["sample"]
+    assert raw.abs().max() > 1.2 and ref.abs().max() <= 1.0 and (raw - ref).abs().max() > 0.2
+    errs = [(ddim_sample(respace(d, K), m, xT.shape, noise=xT)["sample"] - ref).abs().mean().item()
+            for K in (25, 50, 100)]  # ddim_sample clips x0-hat by default
+    assert 1.7 < errs[0] / errs[1] < 2.3 and 1.7 < errs[1] / errs[2] < 2.3, errs  # first order, as without the clip
+
+
 # ------------------------------------------------------------------------------------ toy mixture
 def test_optimal_eps_at_agrees_with_the_discrete_exact_eps():
     ring = toy.gaussian_ring()
