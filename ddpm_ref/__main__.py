@@ -99,8 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
         "sample",
         help="sample images with a checkpoint's EMA weights",
         description="Sample images with the EMA weights of a training checkpoint (or a converted "
-        ".safetensors U-Net): Algorithm 2 with all T steps (default), K respaced ancestral steps, or "
-        "DDIM with K steps. Writes <out>/samples.npz (uint8 [N,32,32,3]) and <out>/samples.png. "
+        ".safetensors U-Net): Algorithm 2 with all T steps (default), K respaced ancestral steps, "
+        "DDIM with K steps, or the probability-flow ODE (error-controlled). "
+        "Writes <out>/samples.npz (uint8 [N,32,32,3]) and <out>/samples.png. "
         "Under torchrun the batches are shared between processes.",
     )
     p.add_argument("--checkpoint", required=True,
