@@ -99,8 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
         "sample",
         help="sample images with a checkpoint's EMA weights",
         description="Sample images with the EMA weights of a training checkpoint (or a converted "
-        ".safetensors U-Net): Algorithm 2 with all T steps (default), K respaced ancestral steps, or "
-        "DDIM with K steps. Writes <out>/samples.npz (uint8 [N,32,32,3]) and <out>/samples.png. "
+        ".safetensors U-Net): Algorithm 2 with all T steps (default), K respaced ancestral steps, "
+        "DDIM with K steps, or the probability-flow ODE (error-controlled). "
+        "Writes <out>/samples.npz (uint8 [N,32,32,3]) and <out>/samples.png. "
         "Under torchrun the batches are shared between processes.",
     )
     p.add_argument("--checkpoint", required=True,
@@ -109,11 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=64,
                    help="number of images (default 64; the paper's FID used 50000)")
     p.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
-    p.add_argument("--sampler", choices=("ancestral", "ddim"), default="ancestral",
-                   help="ancestral = Algorithm 2 (default); ddim = Song et al. 2021")
+    p.add_argument("--sampler", choices=("ancestral", "ddim", "ode"), default="ancestral",
+                   help="ancestral = Algorithm 2 (default); ddim = Song et al. 2021; ode = the probability-flow "
+                   "ODE (Song et al. 2021) with an error-controlled solver (no --steps, no --eta)")
     p.add_argument("--steps", type=int, default=None,
                    help="number of reverse steps K (default: all T for ancestral; required for ddim)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
+    p.add_argument("--eta", type=float, default=None, help="DDIM eta (default 0 = deterministic)")
+    p.add_argument("--rtol", type=float, default=None,
+                   help="--sampler ode: relative tolerance of the solver (default 1e-3; smaller costs more NFE)")
+    p.add_argument("--atol", type=float, default=None, help="--sampler ode: absolute tolerance (default 1e-3)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (batch i uses (seed, i))")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--config", default=None,
@@ -240,25 +245,52 @@ def _model_args(args):
     return args.config  # a preset name or .json path (load_model resolves it), or None
 
 
+def _sampler_options(args) -> dict:
+    """The options of the chosen sampler; an option of another sampler is an error (one line)."""
+    if args.sampler != "ode":
+        for flag, v in (("--rtol", args.rtol), ("--atol", args.atol)):
+            if v is not None:
+                raise ValueError(f"{flag} with --sampler {args.sampler}: only --sampler ode has a solver tolerance "
+                                 f"({args.sampler} takes fixed steps); drop {flag}, or use --sampler ode")
+        return {"eta": 0.0 if args.eta is None else args.eta}
+    for flag, v in (("--steps", args.steps), ("--eta", args.eta)):
+        if v is not None:
+            raise ValueError(f"{flag} with --sampler ode: its solver chooses the steps and it adds no noise "
+                             f"(it uses no eta and no variance of the model); drop {flag}, or use --sampler ddim")
+    tol = {}
+    for flag, v in (("--rtol", args.rtol), ("--atol", args.atol)):
+        if v is not None and not (v > 0 and v < float("inf")):
+            raise ValueError(f"{flag} {v}: a solver tolerance must be a positive number; use e.g. {flag} 1e-3 "
+                             "(smaller is more accurate and costs more network evaluations)")
+        tol[flag[2:]] = 1e-3 if v is None else v
+    return tol
+
+
 def _cmd_sample(args) -> int:
     from .evaluate import generate_samples, load_model, save_samples
     from .train import init_distributed
 
     if args.sampler == "ddim" and args.steps is None:
         raise ValueError("--sampler ddim needs --steps K (e.g. 50 or 100)")
+    opts = _sampler_options(args)
+    stats = {}
     info, device = init_distributed(args.device)
     try:
         model, diffusion, cfg, minfo = load_model(args.checkpoint, device, use_ema=not args.no_ema,
                                                   config=_model_args(args))
         images = generate_samples(
             model, diffusion, args.num_samples, batch_size=args.batch_size, sampler=args.sampler, steps=args.steps,
-            eta=args.eta, seed=args.seed, device=device, bf16=args.bf16, progress=not args.no_progress,
+            seed=args.seed, device=device, bf16=args.bf16, progress=not args.no_progress, stats=stats, **opts,
         )
         if info.is_main:
             meta = {"checkpoint": minfo, "sampler": args.sampler, "steps": args.steps or diffusion.num_timesteps,
-                    "eta": args.eta, "seed": args.seed, "num": args.num_samples, "bf16": args.bf16}
+                    "seed": args.seed, "num": args.num_samples, "bf16": args.bf16, **opts, "nfe": stats["nfe"]}
+            if args.sampler == "ode":
+                meta["steps"] = None
             npz, png = save_samples(images, args.out, meta)
             print(f"wrote {npz} ({images.shape[0]} images) and {png}")
+            nfe = stats["nfe"]
+            print(f"network evaluations per batch: {', '.join(map(str, nfe))} (mean {sum(nfe) / len(nfe):.1f})")
     finally:
         if info.initialized_here:
             import torch.distributed as dist

@@ -290,6 +290,9 @@ def generate_samples(
     device: str | torch.device | None = None,
     bf16: bool = False,
     progress: bool = True,
+    rtol: float | None = None,
+    atol: float | None = None,
+    stats: dict | None = None,
 ) -> np.ndarray:
     """``num`` samples as uint8 ``[num, H, W, 3]``.
 
@@ -298,6 +301,10 @@ def generate_samples(
     (Song et al. 2021) on the uniform stride of K = ``steps`` timesteps with ``eta``. Batch i starts
     from noise seeded by ``(seed, i)``. Under ``torchrun`` each rank samples every world_size-th
     batch; every rank returns the full set (gathered).
+    ``sampler="ode"``: the probability-flow ODE (Song et al. 2021, eq. 13) with scipy's error-controlled
+    solver at tolerances ``rtol``, ``atol`` (default 1e-3 each; :func:`ddpm_ref.ode.ode_sample`), with
+    x0-hat clipped to [-1, 1] like the other two samplers; it takes no ``steps`` and no ``eta``. If
+    ``stats`` is a dict, ``stats["nfe"]`` receives the network evaluations of every batch.
     """
     from .data import to_uint8
     from .sampling import ancestral_sample, ddim_sample
@@ -312,21 +319,39 @@ def generate_samples(
         if image_size is None:
             raise ValueError("image_size is required for a model without a .resolution attribute")
     device = _default_device(model, device)
-    proc = _sampling_process(diffusion, sampler, steps)
+    if sampler == "ode":
+        from .ode import ode_sample
+
+        if steps is not None or eta != 0:
+            raise ValueError("the ODE sampler takes no steps and no eta: its solver chooses the steps and it adds no "
+                             "noise, so neither a step count nor any variance (fixed, learned or eta-scaled) is used")
+        rtol = 1e-3 if rtol is None else rtol
+        atol = 1e-3 if atol is None else atol
+        proc = diffusion
+    else:
+        if rtol is not None or atol is not None:
+            raise ValueError(f"rtol/atol are tolerances of the ODE sampler; sampler {sampler!r} takes none")
+        proc = _sampling_process(diffusion, sampler, steps)
 
     def one_batch(i, s, e):
         g = torch.Generator(device=device).manual_seed(derive_seed(seed, _SEED_SAMPLE, i))
         shape = (e - s, channels, image_size, image_size)
+        nfe = proc.num_timesteps
         if sampler == "ancestral":
             x = ancestral_sample(proc, model, shape, generator=g, device=device, progress=False)["sample"]
+        elif sampler == "ode":
+            out = ode_sample(proc, model, shape, rtol=rtol, atol=atol, generator=g, device=device, clip_denoised=True)
+            x, nfe = out["sample"], out["nfe"]
         else:
             x = ddim_sample(proc, model, shape, eta=float(eta), generator=g, device=device, progress=False)["sample"]
-        return to_uint8(x.float())
+        return to_uint8(x.float()), nfe
 
     with value_checks(False), _autocast(device, bf16):
         parts = _map_batches(num, batch_size, one_batch, desc=f"sampling ({sampler}, {proc.num_timesteps} steps)",
                              progress=progress)
-    return np.concatenate(parts)
+    if stats is not None:
+        stats["nfe"] = [p[1] for p in parts]
+    return np.concatenate([p[0] for p in parts])
 
 
 def save_samples(images: np.ndarray, out_dir: str | os.PathLike, meta: dict | None = None,

@@ -25,6 +25,7 @@ Contents
 - :func:`log_q_t`, :func:`score_q_t`, :func:`component_posterior_t`, :func:`optimal_eps`,
   :func:`optimal_xstart`: the exact marginal quantities at code timesteps ``t`` [N];
   :class:`ExactEps` wraps :func:`optimal_eps` as a model ``model(x, t)``.
+  :func:`optimal_eps_at` is E[eps | x] at any noise level abar in (0, 1] (continuous time).
 - :class:`ToyMLP`: a residual MLP with the U-Net's sinusoidal timestep embedding,
   ``model(x [N, d], t [N]) -> [N, d]`` (or [N, 2d] with ``learned_variance=True``).
 - :func:`train_toy`: Algorithm 1 with :meth:`GaussianDiffusion.training_losses`; returns the loss
@@ -61,6 +62,7 @@ __all__ = [
     "optimal_eps",
     "optimal_xstart",
     "ExactEps",
+    "optimal_eps_at",
     "ToyMLP",
     "train_toy",
     "sliced_wasserstein",
@@ -322,6 +324,26 @@ class ExactEps:
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return optimal_eps(self.mixture, self.diffusion, x, t).to(x.dtype)
+
+
+def optimal_eps_at(mixture: GaussianMixture, x: torch.Tensor, abar) -> torch.Tensor:
+    """E[eps | x] [N, d] (float64, differentiable in x) for x = sqrt(abar) x_0 + sqrt(1 - abar) eps at
+    ANY noise level ``abar`` in (0, 1]: a float, or one per example (a tensor [N]); continuous time, e.g.
+    ``VPSchedule.alpha_bar(s)`` of :mod:`ddpm_ref.ode`. It is -sqrt(1 - abar) grad log q_abar(x), the
+    exact eps of :func:`optimal_eps` without a discrete schedule; at abar = 1 it is 0 (no noise)."""
+    if not isinstance(mixture, GaussianMixture):
+        raise ValueError(f"mixture must be a GaussianMixture, got {type(mixture).__name__}")
+    mixture._check_x(x)
+    ab = torch.as_tensor(abar, dtype=_F64).detach().cpu()
+    if ab.ndim == 0:
+        ab = ab.expand(x.shape[0])
+    if ab.shape != (x.shape[0],):
+        raise ValueError(f"abar must be a float or a tensor [N] = [{x.shape[0]}], got shape {tuple(ab.shape)}")
+    if not bool(((ab > 0) & (ab <= 1)).all()):
+        raise ValueError(f"abar must lie in (0, 1], got values in [{float(ab.min())}, {float(ab.max())}]")
+    logcomp, prec_diff = mixture._terms(x, ab.contiguous())
+    r = torch.softmax(logcomp, dim=1)
+    return torch.sqrt(-torch.expm1(torch.log(ab)))[:, None] * (r[..., None] * prec_diff).sum(1)
 
 
 # ------------------------------------------------------------------------------------ the network
