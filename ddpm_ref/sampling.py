@@ -301,7 +301,7 @@ def ddim_sigmas(diffusion: GaussianDiffusion, eta: float) -> np.ndarray:
             = eta sqrt(beta~_t),
 
     (1 - alphabar_t / alphabar_{t-1} is beta_t, also for a respaced process), so eta = 1 gives DDPM's
-    posterior variance beta~_t (eq. 7) and eta = 0 a deterministic step. Raises ValueError for a
+    posterior variance beta~_t and eta = 0 a deterministic step. Raises ValueError for a
     negative or non-finite eta, and for an eta above :func:`ddim_max_eta`, for which
     sigma_t^2 > 1 - alphabar_{t-1} at some t and the step of DDIM eq. 12 is not defined (no longer
     DDIM: the coefficient sqrt(1 - alphabar_{t-1} - sigma_t^2) would be imaginary).
@@ -356,9 +356,10 @@ def ddim_posterior_mean_variance(
        / sqrt(1 - alphabar_t),  sigma_t^2 I ).
 
     Chained down from q_sigma(x_T | x_0) = N(sqrt(alphabar_T) x_0, (1 - alphabar_T) I), its marginals
-    q_sigma(x_t | x_0) are eq. 4's for every sigma (DDIM's Lemma 1). ``sigmas``: float64 [T]
-    (:func:`ddim_sigmas`, or any sigma_t >= 0 with sigma_t^2 <= 1 - alphabar_{t-1}); sigma_t = sqrt(beta~_t)
-    (eta = 1) gives DDPM's posterior (eq. 6-7). ``x_start``, ``x_t``: [N, ...]; ``t``: code timesteps [N].
+    q_sigma(x_t | x_0) = N(sqrt(alphabar_t) x_0, (1 - alphabar_t) I) are the forward process's for every
+    sigma (DDIM's Lemma 1). ``sigmas``: float64 [T] (:func:`ddim_sigmas`, or any sigma_t >= 0 with
+    sigma_t^2 <= 1 - alphabar_{t-1}); sigma_t = sqrt(beta~_t) (eta = 1) gives DDPM's forward posterior
+    q(x_{t-1} | x_t, x_0). ``x_start``, ``x_t``: [N, ...]; ``t``: code timesteps [N].
     Returns (mean [N, ...], variance [N, 1, ...]); at code t = 0 the mean is x_0 (alphabar_0 = 1).
     """
     diffusion._check_xt(x_t, t, "x_t")
@@ -388,7 +389,7 @@ def ddim_objective_weights(diffusion: GaussianDiffusion, sigmas) -> np.ndarray:
           + sqrt(1 - alphabar_{t-1} - sigma_t^2) sqrt(alphabar_t / (1 - alphabar_t))))
 
     (the second form, free of cancellation, is the one computed; d_1 = 1). With eta = 1 it is the
-    eq. 12 weight beta_t^2 / (2 sigma_t^2 alpha_t (1 - alphabar_t)). ``sigmas``: float64 [T], all > 0
+    paper's weight of the eps-form bound term, beta_t^2 / (2 sigma_t^2 alpha_t (1 - alphabar_t)). ``sigmas``: float64 [T], all > 0
     (the theorem's hypothesis; sigma_1 is the decoder's standard deviation).
     """
     sig, direction = _ddim_tables(diffusion, sigmas)
