@@ -389,8 +389,8 @@ def ddim_objective_weights(diffusion: GaussianDiffusion, sigmas) -> np.ndarray:
           + sqrt(1 - alphabar_{t-1} - sigma_t^2) sqrt(alphabar_t / (1 - alphabar_t))))
 
     (the second form, free of cancellation, is the one computed; d_1 = 1). With eta = 1 it is the
-    paper's weight of the eps-form bound term, beta_t^2 / (2 sigma_t^2 alpha_t (1 - alphabar_t)). ``sigmas``: float64 [T], all > 0
-    (the theorem's hypothesis; sigma_1 is the decoder's standard deviation).
+    paper's weight of the eps-form bound term, beta_t^2 / (2 sigma_t^2 alpha_t (1 - alphabar_t)).
+    ``sigmas``: float64 [T], all > 0 (the theorem's hypothesis; sigma_1 is the decoder's standard deviation).
     """
     sig, direction = _ddim_tables(diffusion, sigmas)
     if np.any(sig <= 0):
