@@ -35,6 +35,16 @@ _EPILOG_DATA = (
 )
 
 
+# the spacing conventions of ddpm_ref.sampling.SPACINGS (tests check the two agree; no torch import here)
+_SPACINGS = ("trailing", "linspace", "leading", "stride")
+_SPACING_HELP = (
+    "which K of the T steps --steps K keeps: trailing (default; round(T j / K) - 1, always ends at T-1), "
+    "linspace (K evenly spaced from 0 to T-1), leading (DDIM's stride T // K from 0, diffusers' default; "
+    "refused when it would end more than one stride below T-1), stride (improved-diffusion's 'ddimK': the "
+    "smallest stride giving exactly K steps; refused for a K no stride gives)"
+)
+
+
 def _add_device(p: argparse.ArgumentParser, bf16: str | None = "bfloat16 autocast for the network (CUDA and CPU)"):
     p.add_argument("--device", default="auto",
                    help="auto (CUDA if available, else CPU), cpu, cuda, cuda:<i> or mps (default: auto)")
@@ -115,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "ODE (Song et al. 2021) with an error-controlled solver (no --steps, no --eta)")
     p.add_argument("--steps", type=int, default=None,
                    help="number of reverse steps K (default: all T for ancestral; required for ddim)")
+    p.add_argument("--spacing", choices=_SPACINGS, default="trailing", help=_SPACING_HELP)
     p.add_argument("--eta", type=float, default=None, help="DDIM eta (default 0 = deterministic)")
     p.add_argument("--rtol", type=float, default=None,
                    help="--sampler ode: relative tolerance of the solver (default 1e-3; smaller costs more NFE)")
@@ -153,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-samples", type=int, default=50000, help="samples to generate if --samples is not given")
     g.add_argument("--sampler", choices=("ancestral", "ddim"), default="ancestral", help="sampler for generation")
     g.add_argument("--steps", type=int, default=None, help="reverse steps for generation (default: all T)")
+    g.add_argument("--spacing", choices=_SPACINGS, default="trailing", help=_SPACING_HELP)
     g.add_argument("--ref-stats", default=None, help="reference statistics .npz (from 'fid-stats')")
     g.add_argument("--ref-data", default=None, help="compute reference statistics from this data spec instead")
     g.add_argument("--ref-split", default="train", help="split of --ref-data (default train, as the paper)")
@@ -266,6 +278,20 @@ def _sampler_options(args) -> dict:
     return tol
 
 
+def _check_spacing(args, T: int) -> None:
+    """Refuse a --spacing/--steps pair that would not start the sampler at the top of the chain."""
+    from .sampling import spacing_refusal
+
+    K = args.steps
+    if K is None or not 1 <= K < T:
+        return  # all T steps (every spacing keeps them all), or a --steps the sampler itself refuses
+    why = spacing_refusal(T, K, args.spacing)
+    if why is not None:
+        use = " or ".join(s for s in ("trailing", "linspace") if spacing_refusal(T, K, s) is None)
+        raise ValueError(f"--spacing {args.spacing} --steps {K} (T = {T}): {why}; use --spacing {use} "
+                         f"(ending at t = {T - 1})")
+
+
 def _cmd_sample(args) -> int:
     from .evaluate import generate_samples, load_model, save_samples
     from .train import init_distributed
@@ -278,12 +304,15 @@ def _cmd_sample(args) -> int:
     try:
         model, diffusion, cfg, minfo = load_model(args.checkpoint, device, use_ema=not args.no_ema,
                                                   config=_model_args(args))
+        _check_spacing(args, diffusion.num_timesteps)
         images = generate_samples(
             model, diffusion, args.num_samples, batch_size=args.batch_size, sampler=args.sampler, steps=args.steps,
-            seed=args.seed, device=device, bf16=args.bf16, progress=not args.no_progress, stats=stats, **opts,
+            spacing=args.spacing, seed=args.seed, device=device, bf16=args.bf16, progress=not args.no_progress,
+            stats=stats, **opts,
         )
         if info.is_main:
             meta = {"checkpoint": minfo, "sampler": args.sampler, "steps": args.steps or diffusion.num_timesteps,
+                    "spacing": args.spacing if args.steps else None,
                     "seed": args.seed, "num": args.num_samples, "bf16": args.bf16, **opts, "nfe": stats["nfe"]}
             if args.sampler == "ode":
                 meta["steps"] = None
@@ -346,10 +375,13 @@ def _cmd_evaluate(args) -> int:
                 raise ValueError("--metric fid needs --samples or --checkpoint (to generate samples)")
             model, diffusion, cfg, minfo = load_model(args.checkpoint, device, use_ema=not args.no_ema,
                                                       config=_model_args(args))
+            _check_spacing(args, diffusion.num_timesteps)
             samples = generate_samples(model, diffusion, args.num_samples, batch_size=args.batch_size or 256,
-                                       sampler=args.sampler, steps=args.steps, seed=args.seed, device=device,
+                                       sampler=args.sampler, steps=args.steps, spacing=args.spacing, seed=args.seed,
+                                       device=device,
                                        bf16=args.bf16, progress=not args.no_progress)
-            src = {"checkpoint": minfo, "sampler": args.sampler, "steps": args.steps, "seed": args.seed}
+            src = {"checkpoint": minfo, "sampler": args.sampler, "steps": args.steps,
+                   "spacing": args.spacing if args.steps else None, "seed": args.seed}
         if not info.is_main:
             return 0
         if args.ref_stats is not None:

@@ -261,17 +261,22 @@ def save_bpd(result: dict, out_dir: str | os.PathLike, meta: dict | None = None)
 
 
 # ----------------------------------------------------------------------------------- samples
-def _sampling_process(diffusion, sampler: str, steps: int | None):
-    from .sampling import respace
+#: The spacing of K kept steps when sampling with ``steps=K`` (``generate_samples``, the CLI's
+#: ``--spacing``): "trailing" always keeps t = T - 1 and was the best on chapter 7's toy at small K.
+DEFAULT_SPACING = "trailing"
+
+
+def _sampling_process(diffusion, sampler: str, steps: int | None, spacing: str = DEFAULT_SPACING):
+    from .sampling import SPACINGS, respace
 
     T = diffusion.num_timesteps
     if sampler not in ("ancestral", "ddim"):
         raise ValueError(f"sampler must be 'ancestral' or 'ddim', got {sampler!r}")
+    if spacing not in SPACINGS:
+        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T):
         raise ValueError(f"steps must be an int in [1, {T}] (or None for all T), got {steps!r}")
-    if sampler == "ancestral":
-        return diffusion if steps in (None, T) else respace(diffusion, steps)
-    return respace(diffusion, f"ddim{steps or T}")
+    return diffusion if steps in (None, T) else respace(diffusion, steps, spacing)  # every spacing keeps all T
 
 
 @torch.no_grad()
@@ -283,6 +288,7 @@ def generate_samples(
     batch_size: int = 256,
     sampler: str = "ancestral",
     steps: int | None = None,
+    spacing: str = DEFAULT_SPACING,
     eta: float = 0.0,
     seed: int = 0,
     image_size: int | None = None,
@@ -297,8 +303,10 @@ def generate_samples(
     """``num`` samples as uint8 ``[num, H, W, 3]``.
 
     ``sampler="ancestral"``: Algorithm 2 with all T steps (``steps=None``), or ancestral sampling on
-    K = ``steps`` evenly spaced timesteps (:func:`ddpm_ref.respace`). ``sampler="ddim"``: DDIM
-    (Song et al. 2021) on the uniform stride of K = ``steps`` timesteps with ``eta``. Batch i starts
+    K = ``steps`` timesteps (:func:`ddpm_ref.respace`). ``sampler="ddim"``: DDIM (Song et al. 2021) on
+    K = ``steps`` timesteps (all T by default) with ``eta``. The K steps follow ``spacing``
+    (:func:`ddpm_ref.sampling.space_timesteps`: "trailing", "linspace", "leading" or "stride"; a choice
+    that stops more than one stride below T - 1 is refused). Batch i starts
     from noise seeded by ``(seed, i)``. Under ``torchrun`` each rank samples every world_size-th
     batch; every rank returns the full set (gathered).
     ``sampler="ode"``: the probability-flow ODE (Song et al. 2021, eq. 13) with scipy's error-controlled
@@ -331,7 +339,7 @@ def generate_samples(
     else:
         if rtol is not None or atol is not None:
             raise ValueError(f"rtol/atol are tolerances of the ODE sampler; sampler {sampler!r} takes none")
-        proc = _sampling_process(diffusion, sampler, steps)
+        proc = _sampling_process(diffusion, sampler, steps, spacing)
 
     def one_batch(i, s, e):
         g = torch.Generator(device=device).manual_seed(derive_seed(seed, _SEED_SAMPLE, i))
