@@ -23,6 +23,8 @@ finished and every image has either loaded or failed:
   notes (``--width-report FILE`` writes them all as JSON);
 * **dark mode** (the theme's switch, ``data-theme="dark"``): every figure is legible, i.e. an
   image with transparent pixels sits on a light opaque backdrop (matplotlib draws dark lines);
+* every image has alt text that is not merely its file name (what docutils writes when a
+  figure has none);
 * **accessibility**: axe-core (``node_modules/axe-core``, pinned in package.json, installed by
   ``npm ci``) runs inside the page through the same DevTools session, in light mode (all rules)
   and in dark mode (colour contrast); any serious or critical violation fails the page. Images
@@ -157,6 +159,11 @@ PAGE_PROBE_JS = r"""
   }
   const brokenImages = imgs.filter((img) => !(img.complete && img.naturalWidth > 0))
     .map((img) => img.getAttribute('src'));
+  // alt text that is only a file name (docutils writes the image's path when there is none)
+  const fileAlt = imgs.filter((img) => {
+    const alt = (img.getAttribute('alt') || '').trim();
+    return alt && (alt === img.getAttribute('src') || /^[\w./-]+\.(png|jpe?g|gif|svg|webp)$/i.test(alt));
+  }).map((img) => img.getAttribute('src'));
   const localLinks = Array.from(document.querySelectorAll('a[href]'))
     .map((a) => a.href).filter((h) => h.startsWith('file:'));
   return {
@@ -168,7 +175,7 @@ PAGE_PROBE_JS = r"""
     untypeset, texErrors, rawTex,
     n_images: imgs.length,
     n_code: document.querySelectorAll('div.highlight pre').length,
-    brokenImages,
+    brokenImages, fileAlt,
   };
 })()
 """
@@ -265,10 +272,16 @@ LAYOUT_PROBE_JS = r"""
   const pageWidth = document.documentElement.scrollWidth;
   if (pageWidth > vw + 1) {
     // the widest element that sticks out, to name the culprit
+    const boxed = (el) => {
+      for (let e = el.parentElement; e && e !== document.body; e = e.parentElement) {
+        if (getComputedStyle(e).overflowX !== 'visible') return true;
+      }
+      return false;
+    };
     let worst = null;
-    for (const el of article.querySelectorAll('*')) {
+    for (const el of document.body.querySelectorAll('*')) {
       const r = el.getBoundingClientRect();
-      if (r.right > vw + 1 && (!worst || r.right > worst.r)) worst = { r: r.right, el };
+      if (r.width > 0 && r.right > vw + 1 && !boxed(el) && (!worst || r.right > worst.r)) worst = { r: r.right, el };
     }
     const name = (el) => `${el.tagName.toLowerCase()}.${(el.className || '').toString().split(' ')[0]}`;
     const text = (el) => (el.textContent || '').replace(/\s+/g, ' ').trim().slice(0, 80);
@@ -281,7 +294,8 @@ LAYOUT_PROBE_JS = r"""
   const searchBoxes = Array.from(document.querySelectorAll(sel))
     .filter((el) => !el.closest('dialog, .bd-search-container') && visible(el))
     .filter((el) => !el.parentElement.closest(sel)).length;
-  return { offenders, searchBoxes, viewport: vw };
+  const themed = !!document.querySelector('.bd-sidebar-primary, .bd-header-article');
+  return { offenders, searchBoxes, themed, viewport: vw };
 })()
 """
 
@@ -362,6 +376,25 @@ AXE_RUN_JS = r"""
   }));
 })()
 """
+
+
+# Runs on the search page opened with ?q=...: waits until every result shows its passage.
+SEARCH_PROBE_JS = r"""
+(async () => {
+  const deadline = Date.now() + %(ms)d;
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  const items = () => Array.from(document.querySelectorAll('#search-results li'));
+  while (Date.now() < deadline) {
+    const its = items();
+    if (its.length && its.every((li) => li.querySelector('p.context'))) break;
+    if (document.querySelector('#search-results > p.search-summary, #search-results p')
+        && /did not match/.test(document.querySelector('#search-results').textContent)) break;
+    await sleep(100);
+  }
+  return items().map((li) => ({ title: li.querySelector('a').textContent,
+    href: li.querySelector('a').getAttribute('href'),
+    passage: (li.querySelector('p.context') || { textContent: '' }).textContent }));
+})()"""
 
 
 @dataclass
@@ -604,6 +637,9 @@ class Chromium:
                 report.problems.append(f"raw TeX left in the rendered text: {snippet}")
             for src in found["brokenImages"]:
                 report.problems.append(f"image did not load: {src}")
+            for src in found["fileAlt"]:
+                report.missing_alt.append(src)
+                report.problems.append(f"image whose alt text is its file name (say what it shows): {src}")
             for href in sorted(set(found["localLinks"])):
                 linked = Path(unquote(urlsplit(href).path))
                 if not linked.exists():
@@ -652,7 +688,7 @@ class Chromium:
         if found is None:
             return
         report.width.extend(Offender(label, o["kind"], o["why"], o["snippet"]) for o in found["offenders"])
-        if found["searchBoxes"] != 1:
+        if found["themed"] and found["searchBoxes"] != 1:
             report.problems.append(f"{found['searchBoxes']} search boxes visible at {label} (want exactly one)")
 
     def _check_dark(self, session: str, report: PageReport) -> None:
@@ -694,6 +730,22 @@ class Chromium:
             where = "; ".join(f"{n['target']} {n['html'][:100]}" for n in v["nodes"][:3])
             more = f" (+{len(v['nodes']) - 3} more)" if len(v["nodes"]) > 3 else ""
             report.problems.append(f"accessibility ({mode}, {v['impact']}): {v['id']}: {v['help']}: {where}{more}")
+
+    def search(self, search_page: Path, query: str, timeout: float = 30.0) -> list[dict]:
+        """Run the book's own search page on ``query``; each result's title and passage."""
+        url = Path(search_page).resolve().as_uri() + "?q=" + query
+        target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        try:
+            self.send("Page.enable", session=session)
+            self.send("Page.navigate", {"url": url}, session=session)
+            self.wait_event("Page.loadEventFired", session, timeout=timeout)
+            js = SEARCH_PROBE_JS % {"ms": int(timeout * 1000)}
+            result = self.send("Runtime.evaluate", {"expression": js, "awaitPromise": True, "returnByValue": True},
+                               session=session, timeout=timeout + 10)
+            return result["result"].get("value") or []
+        finally:
+            self.send("Target.closeTarget", {"targetId": target})
 
     def _failed_requests_and_exceptions(self, session: str) -> list[str]:
         problems = []

@@ -98,11 +98,11 @@ def run_record(env, docname: str) -> dict:
     data = _exec_data(env, docname)
     rec = {"docname": docname, "stored": stored, "needs": needs(path) if path.is_file() else []}
     if data and data.get("runtime") is not None:
-        rec.update(seconds=float(data["runtime"]), how=f"executed by this build ({data.get('method')})",
+        rec.update(seconds=float(data["runtime"]), how=f"when this build executed it ({data.get('method')})",
                    status="ok" if data.get("succeeded") else f"failed: {data.get('error')}",
                    when=_dt.datetime.fromtimestamp(data.get("mtime") or 0, _dt.timezone.utc))
     elif stored:
-        rec.update(seconds=stored["seconds"], how="stored run (outputs in the notebook)",
+        rec.update(seconds=stored["seconds"], how="on the run that stored its outputs",
                    status="ok" if not stored["errors"] else f"{stored['errors']} cell(s) stored an error",
                    when=stored["finished"])
     else:
@@ -136,8 +136,8 @@ def _runinfo_node(rec: dict, docname: str) -> nodes.Node:
     para += nodes.strong(text="Running this chapter: ")
     if rec["seconds"] is not None:
         when = f", {rec['when']:%Y-%m-%d}" if rec.get("when") else ""
-        para += nodes.Text(f"about {_fmt_seconds(rec['seconds'])} on a laptop-class CPU with one thread "
-                           f"(measured: {rec['how']}{when}; see the ")
+        para += nodes.Text(f"about {_fmt_seconds(rec['seconds'])} on one CPU thread "
+                           f"(measured {rec['how']}{when}; see the ")
     else:
         para += nodes.Text("run time not measured yet (see the ")
     from sphinx.addnodes import pending_xref
@@ -169,6 +169,40 @@ def _add_runinfo(app, doctree) -> None:
     title = section.next_node(nodes.title)
     index = section.index(title) + 1 if title is not None and title.parent is section else 0
     section.insert(index, _runinfo_node(run_record(app.env, docname), docname))
+
+
+# ---------------------------------------------------------------------------------- alt text
+def _speakable(node: nodes.Node) -> str:
+    """A caption as plain text for an alt attribute: math as its TeX without backslashes and braces."""
+    parts = []
+    for child in node.findall(lambda n: isinstance(n, (nodes.Text, nodes.math))):
+        if isinstance(child, nodes.math):
+            parts.append(re.sub(r"[{}]|\\(?=[A-Za-z])", "", child.astext()).replace("\\", " "))
+        elif not any(isinstance(a, nodes.math) for a in _ancestors(child)):
+            parts.append(child.astext())
+    return re.sub(r"\s+", " ", "".join(parts)).strip()
+
+
+def _ancestors(node: nodes.Node):
+    node = node.parent
+    while node is not None:
+        yield node
+        node = node.parent
+
+
+def _figure_alt(app, doctree) -> None:
+    """doctree-read: a figure's image without alt text gets its caption as alt text (docutils
+    would otherwise write the file name). A notebook sets a better one with the cell metadata
+    ``mystnb: {image: {alt: ...}}``: a sentence on what the figure shows."""
+    for image in doctree.findall(nodes.image):
+        if image.get("alt"):
+            continue
+        figure = image.parent if isinstance(image.parent, nodes.figure) else None
+        if figure is None:
+            figure = next((a for a in _ancestors(image) if isinstance(a, nodes.figure)), None)
+        caption = figure.next_node(nodes.caption) if figure is not None else None
+        if caption is not None and caption.astext().strip():
+            image["alt"] = _speakable(caption)
 
 
 # ------------------------------------------------------------------------------ the report page
@@ -293,7 +327,7 @@ def _section_html(node: nodes.Element) -> str:
             own.append(child.astext())
     ident = node["ids"][0] if node.get("ids") else ""
     text = html.escape(re.sub(r"\s+", " ", " ".join(own)).strip())
-    return f'<section id="{html.escape(ident)}">{text}{"".join(kids)}</section>'
+    return f"<section id=\"{html.escape(ident)}\"> {text} {''.join(kids)}</section> "
 
 
 def _write_search_passages(app, exc) -> None:
@@ -313,14 +347,19 @@ def _write_search_passages(app, exc) -> None:
                    encoding="utf8")
 
 
-def _accessible_toggles(app, pagename, templatename, context, doctree) -> None:
+def _accessible_markup(app, pagename, templatename, context, doctree) -> None:
     """A collapsed cell (tags hide-input / hide-output) is a <summary> whose visible text says
     what it hides ("Show code cell outputs"); myst-nb also gives it aria-label="Toggle hidden
     content", which hides that text from screen readers (axe: label-content-name-mismatch).
     The label is dropped, so the visible text is the name."""
     body = context.get("body")
     if body and 'aria-label="Toggle hidden content"' in body:
-        context["body"] = body.replace('<summary aria-label="Toggle hidden content">', "<summary>")
+        body = context["body"] = body.replace('<summary aria-label="Toggle hidden content">', "<summary>")
+    # docutils' citation list is role="list" whose entries are role="doc-biblioentry" (a role
+    # deprecated in DPUB-ARIA 1.1), so the list has no list items (axe: aria-required-children,
+    # critical): the entries become list items.
+    if body and 'class="citation-list"' in body:
+        context["body"] = body.replace('role="doc-biblioentry"', 'role="listitem"')
 
 
 def _search_page_scripts(app, pagename, templatename, context, doctree) -> None:
@@ -341,6 +380,10 @@ def _configure(app, config) -> None:
         config.html_static_path.append(str(STATIC))
     if str(TEMPLATES) not in [str(p) for p in config.templates_path]:
         config.templates_path.insert(0, str(TEMPLATES))
+    # make pdf: Jupyter Book's LaTeX class needs bbm.sty (see book/_ext/latex/bbm.sty)
+    bbm = str(Path(__file__).resolve().parent / "latex" / "bbm.sty")
+    if bbm not in [str(p) for p in config.latex_additional_files]:
+        config.latex_additional_files = [*config.latex_additional_files, bbm]
 
 
 def setup(app):
@@ -349,10 +392,11 @@ def setup(app):
     app.connect("builder-inited", _draw_landing)
     app.add_node(execution_report_placeholder)
     app.connect("doctree-read", _add_runinfo)
+    app.connect("doctree-read", _figure_alt)
     app.connect("doctree-resolved", _resolve_placeholders)
     app.add_directive("execution-report", ExecutionReport)
     app.add_directive("landing-figure", LandingFigure)
     app.connect("html-page-context", _search_page_scripts)
-    app.connect("html-page-context", _accessible_toggles)
+    app.connect("html-page-context", _accessible_markup)
     app.connect("build-finished", _write_search_passages)
     return {"parallel_read_safe": True, "parallel_write_safe": False}
