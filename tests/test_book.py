@@ -739,4 +739,7 @@ def test_make_pdf_builds_the_whole_book():
     assert "??" not in text
     for title in ("The posterior", "Equation ledger", "Execution report", "References"):
         assert title in text, title
-    assert re.search(r"Fig\. 2\.\d", text) and re.search(r"\(2\.\d+\)", text)  # numbered figures, equations
+    # chapters, figures and equations numbered as in the HTML book (chapter 1 = the forward process)
+    assert re.search(r"^\s*1 The forward process", text, flags=re.M)
+    assert re.search(r"Fig\. 1\.1", text) and re.search(r"\(4\.1\)", text)
+    assert "What the book is about" in text  # the landing figure's caption

@@ -171,6 +171,38 @@ def _add_runinfo(app, doctree) -> None:
     section.insert(index, _runinfo_node(run_record(app.env, docname), docname))
 
 
+# ------------------------------------------------------------------------ PDF chapter numbers
+_UNNUMBERED = (r"\makeatletter\ifdefined\ddpm@secnum\else\edef\ddpm@secnum{\the\value{secnumdepth}}\fi"
+               r"\makeatother\setcounter{secnumdepth}{-1}")
+_NUMBERED = r"\makeatletter\ifdefined\ddpm@secnum\setcounter{secnumdepth}{\ddpm@secnum}\fi\makeatother"
+
+
+def _part_switches(toc_file: Path) -> dict[str, str]:
+    """docname -> LaTeX to emit before it: the first page of each part of _toc.yml switches
+    chapter numbering off (unnumbered part) or back on (numbered part)."""
+    import yaml
+
+    toc = yaml.safe_load(Path(toc_file).read_text(encoding="utf8"))
+    out = {}
+    for part in toc.get("parts", []):
+        chapters = part.get("chapters") or []
+        if chapters and "file" in chapters[0]:
+            out[chapters[0]["file"]] = _NUMBERED if part.get("numbered") else _UNNUMBERED
+    return out
+
+
+def _latex_chapter_numbers(app, doctree) -> None:
+    """doctree-read (LaTeX only): the PDF numbers chapters as the HTML book does. The theme's
+    HTML numbers only the chapters of numbered parts (notation and reading guide have no
+    number, the forward process is chapter 1); LaTeX numbered every chapter, so chapter N
+    of the HTML was N + 2 in the PDF, and so were its figures and equations."""
+    if app.builder.format != "latex":
+        return
+    switch = _part_switches(REPO / "_toc.yml").get(app.env.docname)
+    if switch:
+        doctree.insert(0, nodes.raw("", switch + "\n", format="latex"))
+
+
 # ---------------------------------------------------------------------------------- alt text
 def _speakable(node: nodes.Node) -> str:
     """A caption as plain text for an alt attribute: math as its TeX without backslashes and braces."""
@@ -393,6 +425,7 @@ def setup(app):
     app.add_node(execution_report_placeholder)
     app.connect("doctree-read", _add_runinfo)
     app.connect("doctree-read", _figure_alt)
+    app.connect("doctree-read", _latex_chapter_numbers)
     app.connect("doctree-resolved", _resolve_placeholders)
     app.add_directive("execution-report", ExecutionReport)
     app.add_directive("landing-figure", LandingFigure)
