@@ -164,7 +164,7 @@ def test_committed_toc_keeps_every_chapter():
                  "book/reading_the_paper"):
         assert page in files
     chapters = [f for f in files if f.startswith("notebooks/")]
-    assert len(chapters) == 12 and len(set(files)) == len(files)
+    assert len(chapters) == 14 and len(set(files)) == len(files)
     assert all(re.fullmatch(r"notebooks/\d\d_[a-z0-9_]+", f) for f in chapters)
 
 
@@ -183,7 +183,7 @@ def test_toc_chapter_numbers_match_notebook_prefixes():
                 seen += 1
                 assert part.get("numbered"), chapter["file"]
                 assert int(m.group(1)) == number, f"{chapter['file']} is shown as chapter {number}"
-    assert seen == 12
+    assert seen == 14
 
 # --------------------------------------------------------------------------------------------
 # book/notation.md agrees with the code, README and CI entry point say what they must
