@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -41,6 +42,7 @@ def _load_tool(name: str):
 check_notebooks = _load_tool("check_notebooks")
 check_book_html = _load_tool("check_book_html")
 book_config = _load_tool("book_config")
+format_notebook_code = _load_tool("format_notebook_code")
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,7 +164,7 @@ def test_committed_toc_keeps_every_chapter():
                  "book/reading_the_paper"):
         assert page in files
     chapters = [f for f in files if f.startswith("notebooks/")]
-    assert len(chapters) == 12 and len(set(files)) == len(files)
+    assert len(chapters) == 14 and len(set(files)) == len(files)
     assert all(re.fullmatch(r"notebooks/\d\d_[a-z0-9_]+", f) for f in chapters)
 
 
@@ -181,7 +183,7 @@ def test_toc_chapter_numbers_match_notebook_prefixes():
                 seen += 1
                 assert part.get("numbered"), chapter["file"]
                 assert int(m.group(1)) == number, f"{chapter['file']} is shown as chapter {number}"
-    assert seen == 12
+    assert seen == 14
 
 # --------------------------------------------------------------------------------------------
 # book/notation.md agrees with the code, README and CI entry point say what they must
@@ -342,7 +344,10 @@ def test_config_offline_math_proofs_and_execution():
         importlib.import_module(name)
     for name, folder in cfg["sphinx"]["local_extensions"].items():
         assert (REPO / folder / f"{name}.py").is_file()
-    assert cfg["execute"]["execute_notebooks"] == "force"
+    # make book executes through Jupyter Book's cache, kept under _build (never committed)
+    assert cfg["execute"]["execute_notebooks"] == "cache"
+    assert Path(cfg["execute"]["cache"]).parts[0] == "_build"
+    assert "_build/" in (REPO / ".gitignore").read_text().splitlines()
     assert cfg["execute"]["allow_errors"] is False
     assert cfg["only_build_toc_files"] is True
     assert (REPO / cfg["bibtex_bibfiles"][0]).is_file()
@@ -408,7 +413,7 @@ def _page(tmp_path: Path, name: str, body: str, mathjax: bool = True) -> Path:
                 "{processHtmlClass: 'math', ignoreHtmlClass: 'document'}};</script>"
                 '<script defer src="mathjax/tex-chtml.js"></script>')
     path = tmp_path / name
-    path.write_text(f"<!DOCTYPE html><html><head><title>{name}</title>{head}</head>"
+    path.write_text(f"<!DOCTYPE html><html lang=\"en\"><head><title>{name}</title>{head}</head>"
                     f'<body class="document">{body}</body></html>', encoding="utf8")
     return path
 
@@ -470,7 +475,117 @@ def test_browser_check_reports_tex_errors_dead_links_and_script_errors(tmp_path,
     assert missing.problems == ["page was not built (file missing)"]
 
 
+def test_browser_check_measures_widths_and_the_switch(tmp_path, browser):
+    """A display equation, a code line and an output wider than the column are each reported
+    at 1280 px with kind and snippet; they are problems only where the width rules are enforced;
+    at 390 px a block that runs off the screen outside any scrolling box is reported too."""
+    wide = "x_{1} + " * 90 + "x_{91}"
+    body = (f'<article class="bd-article" style="width: 600px">'
+            f'<div class="math notranslate nohighlight">\\[{wide}\\]</div>'
+            '<div class="highlight"><pre tabindex="0" style="overflow-x: auto">'
+            + "long_name = 1  # " + "y" * 150 + "</pre></div>"
+            '<div class="cell_output"><div class="output stream"><pre style="white-space: pre">'
+            + "z" * 200 + "</pre></div></div>"
+            '<div class="highlight"><pre tabindex="0" style="overflow-x: auto">short = 1</pre></div>'
+            '<p><span class="math notranslate nohighlight">\\(a\\)</span> fits.</p></article>')
+    page = _page(tmp_path, "wide.html", body)
+    report = browser.check_page(page, enforce_width=False)
+    assert report.ok, report.problems  # listed, not enforced
+    kinds = sorted({(o.viewport, o.kind) for o in report.width})
+    assert ("1280x800", "equation") in kinds and ("1280x800", "code") in kinds
+    assert ("1280x800", "output") in kinds
+    code = [o for o in report.width if o.kind == "code" and o.viewport == "1280x800"]
+    assert len(code) == 1 and "longest 167 chars" in code[0].snippet  # the short block fits
+    eq = [o for o in report.width if o.kind == "equation"][0]
+    assert "x_{1} + x_{1}" in eq.snippet  # the TeX source names the equation
+    assert any(o.viewport == "390px" for o in report.width)  # the unboxed output runs off a phone
+    enforced = browser.check_page(page, enforce_width=True)
+    assert sum("does not fit" in p for p in enforced.problems) == len(enforced.width) >= 4
+
+
+def test_browser_check_accepts_blocks_that_fit(tmp_path, browser):
+    body = ('<article class="bd-article" style="width: 900px">'
+            r'<div class="math notranslate nohighlight">\[q(x_t \mid x_0) = \mathcal{N}(x_t; 0, I)\]</div>'
+            '<div class="highlight"><pre tabindex="0" style="overflow-x: auto">x = 1</pre></div>'
+            '<div class="cell_output"><div class="output stream"><pre>ok</pre></div></div></article>')
+    report = browser.check_page(_page(tmp_path, "fits.html", body), enforce_width=True)
+    assert report.ok and report.width == [], report.problems
+
+
+def test_width_switch_patterns(monkeypatch):
+    patterns = check_book_html.width_patterns
+    assert patterns("all") == ["*"] and patterns("none") == [] and patterns("book/*, notebooks/02_*") == [
+        "book/*", "notebooks/02_*"]
+    monkeypatch.setenv("DDPM_BOOK_ENFORCE_WIDTH", "notebooks/0[1-3]_*")
+    assert patterns() == ["notebooks/0[1-3]_*"]
+    monkeypatch.delenv("DDPM_BOOK_ENFORCE_WIDTH")
+    assert patterns() == patterns(check_book_html.DEFAULT_ENFORCE_WIDTH)
+    enforced = check_book_html.width_enforced
+    assert enforced("book/notation", patterns("book/*,index")) and not enforced("notebooks/02_posterior",
+                                                                                 patterns("book/*"))
+    assert enforced("notebooks/02_posterior", patterns("all"))
+    assert check_book_html.page_name(HTML_DIR / "notebooks" / "02_x.html", HTML_DIR) == "notebooks/02_x"
+
+
+def test_browser_check_dark_mode_figures(tmp_path, browser):
+    """A figure with a transparent background is illegible on the dark theme's page unless it
+    sits on a light opaque backdrop; an opaque figure is fine."""
+    from PIL import Image
+
+    clear = Image.new("RGBA", (40, 30), (0, 0, 0, 0))
+    clear.paste((0, 0, 0, 255), (0, 14, 40, 16))  # a black line on nothing
+    clear.save(tmp_path / "clear.png")
+    _png(tmp_path / "solid.png")
+    dark = '<style>html[data-theme="dark"] body { background: #121212; }</style>'
+    page = _page(tmp_path, "dark.html", dark + '<img src="clear.png" alt="a line"><img src="solid.png" alt="red">')
+    problems = browser.check_page(page).problems
+    assert len([p for p in problems if p.startswith("dark mode")]) == 1, problems
+    assert "clear.png" in problems[0] and "transparent" in problems[0]
+    carded = _page(tmp_path, "carded.html", dark + '<style>img { background: #fff; }</style>'
+                   '<img src="clear.png" alt="a line">')
+    assert browser.check_page(carded).ok
+
+
+def test_browser_check_runs_axe(tmp_path, browser):
+    """axe-core runs in the page: an image without alt text and a button without a name are
+    serious/critical violations; the image is also listed for the notebooks' final pass."""
+    if not check_book_html.AXE_JS.is_file():
+        pytest.fail("axe-core is not installed: run `npm ci` (make test does)")
+    _png(tmp_path / "ok.png")
+    page = _page(tmp_path, "a11y.html", '<main><img src="ok.png"><button></button><p>text</p></main>')
+    report = browser.check_page(page)
+    text = "\n".join(report.problems)
+    assert "accessibility (light, critical): image-alt" in text
+    assert "button-name" in text
+    assert report.missing_alt and "ok.png" in report.missing_alt[0]
+    fine = _page(tmp_path, "fine.html", '<main><img src="ok.png" alt="a red square"><p>text</p></main>')
+    assert browser.check_page(fine).ok
+    # docutils' fallback alt (the file's path) says nothing about the figure
+    named = _page(tmp_path, "named.html", '<main><img src="ok.png" alt="../_images/ok.png"><p>t</p></main>')
+    assert "alt text is its file name" in "\n".join(browser.check_page(named).problems)
+    # the audit's contrast check sees the dark theme's colours
+    low = _page(tmp_path, "low.html", '<style>html[data-theme="dark"] p { color: #333; background: #222; }</style>'
+                '<main><p>dark grey on black</p></main>')
+    assert "accessibility (dark, serious): color-contrast" in "\n".join(browser.check_page(low).problems)
+
+
+def test_package_lock_pins_axe():
+    """make test installs axe-core with `npm ci` from the lock file: one exact version."""
+    import json
+
+    pkg = json.loads((REPO / "package.json").read_text())
+    lock = json.loads((REPO / "package-lock.json").read_text())
+    version = pkg["devDependencies"]["axe-core"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version)
+    assert lock["packages"]["node_modules/axe-core"]["version"] == version
+    assert lock["packages"]["node_modules/axe-core"]["integrity"].startswith("sha512-")
+    assert "node_modules/" in (REPO / ".gitignore").read_text().splitlines()
+    assert "npm ci" in (REPO / "Makefile").read_text()
+
+
 TOC_PAGES = check_book_html.toc_pages(BOOK_TOC)
+CHECKED_PAGES = [*TOC_PAGES, "search"]  # the search page has the book's frame too
+ENFORCE_WIDTH = check_book_html.width_patterns()
 
 
 @pytest.fixture(scope="module")
@@ -480,14 +595,63 @@ def book_reports(browser):
         if BOOK_CHECK:
             pytest.fail(message)
         pytest.skip(message)
-    return {page: browser.check_page(HTML_DIR / f"{page}.html") for page in TOC_PAGES}
+    return {page: browser.check_page(HTML_DIR / f"{page}.html",
+                                     enforce_width=check_book_html.width_enforced(page, ENFORCE_WIDTH))
+            for page in CHECKED_PAGES}
 
 
-@pytest.mark.parametrize("page", TOC_PAGES)
+@pytest.mark.parametrize("page", CHECKED_PAGES)
 def test_built_page_renders(page, book_reports):
-    """Math typeset, no raw TeX, every image and local link present, no script error."""
+    """Math typeset, no raw TeX, every image and local link present, no script error, one
+    search box, legible figures in dark mode, no serious/critical axe-core violation, and (on
+    the pages DDPM_BOOK_ENFORCE_WIDTH names) every block fits at 1280 px and nothing is clipped
+    at 390 px."""
     report = book_reports[page]
     assert report.ok, "\n".join(report.problems)
+
+
+def test_landing_page_figure(book_reports):
+    """The landing page shows the forward and reverse chains, drawn at build time, with alt text."""
+    html = (HTML_DIR / "book" / "intro.html").read_text(encoding="utf8")
+    m = re.search(r'<figure[^>]*ddpm-landing[^>]*>\s*(<img[^>]*>)', html, flags=re.S)
+    assert m, "no landing figure on book/intro"
+    src = re.search(r'src="([^"]+)"', m.group(1)).group(1)
+    alt = re.search(r'alt="([^"]+)"', m.group(1)).group(1)
+    assert (HTML_DIR / "book" / src).resolve().is_file()
+    assert "CIFAR-10" in alt and "noise" in alt
+    assert book_reports["book/intro"].n_images >= 1
+    assert not list((REPO / "book").rglob("landing_chains*.png"))  # nothing binary committed
+
+
+def test_chapters_say_run_time_and_needs(book_reports):
+    """Each chapter's first block under its title says how long it runs and what it needs."""
+    for page in TOC_PAGES:
+        if not page.startswith("notebooks/"):
+            continue
+        html = (HTML_DIR / f"{page}.html").read_text(encoding="utf8")
+        m = re.search(r"</h1>\s*<div class=\"ddpm-runinfo[^\"]*\">(.*?)</div>", html, flags=re.S)
+        assert m, f"{page}: no run-time box right under the title"
+        text = re.sub(r"<[^>]+>", "", m.group(1))
+        assert "Running this chapter" in text and "Needs:" in text and "execution report" in text
+        assert re.search(r"about \d+(\.\d)? (s|min)|not measured", text), text
+
+
+def test_execution_report_lists_every_chapter(book_reports):
+    html = (HTML_DIR / "book" / "execution_report.html").read_text(encoding="utf8")
+    table = re.search(r'<table[^>]*ddpm-exec-report.*?</table>', html, flags=re.S).group(0)
+    chapters = [p for p in TOC_PAGES if p.startswith("notebooks/")]
+    assert table.count("<tr") == len(chapters) + 1  # + the header row
+    for page in chapters:
+        assert f"{Path(page).name}.html" in table
+
+
+def test_search_shows_passages_offline(browser, book_reports):
+    """The search page (opened from disk) lists matching pages WITH the matching passage."""
+    results = browser.search(HTML_DIR / "search.html", "posterior variance")
+    assert len(results) >= 3
+    with_passage = [r for r in results if "posterior" in r["passage"].lower()]
+    assert len(with_passage) >= 3, results[:3]
+    assert any(r["href"].startswith("notebooks/02_posterior") for r in results)
 
 
 def test_built_book_has_typeset_math_and_images(book_reports):
@@ -518,9 +682,66 @@ def test_no_placeholder_or_server_links(book_reports):
 
 def test_check_book_html_cli(tmp_path, browser, capsys):
     _png(tmp_path / "ok.png")
-    good = _page(tmp_path, "good.html", '<img src="ok.png">', mathjax=False)
+    good = _page(tmp_path, "good.html", '<main><img src="ok.png" alt="a red square"></main>', mathjax=False)
     bad = _page(tmp_path, "bad.html", '<img src="nope.png">', mathjax=False)
     assert check_book_html.main([str(good)]) == 0
     assert check_book_html.main([str(good), str(bad)]) == 1
     assert "image did not load: nope.png" in capsys.readouterr().out
     shutil.rmtree(tmp_path / "mathjax", ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# tools/format_notebook_code.py (for the notebooks' final width pass)
+# --------------------------------------------------------------------------------------------
+def test_format_notebook_code_keeps_outputs(tmp_path):
+    long_call = ("result = some_function(argument_number_one, argument_number_two, argument_number_three, "
+                 "argument_number_four, argument_number_five)")
+    out = _stdout("a long output line that stays exactly as it is " * 4 + "\n")
+    nb = _notebook([_code("x = 1", 1), _code(long_call, 2, [out], tags=["check-numerical"])])
+    nb.cells[2].metadata["mystnb"] = {"figure": {"caption": "c", "name": "fig-x"}}
+    path = _write(nb, tmp_path / "01_a.ipynb")
+    before = json.loads(path.read_text())
+    assert format_notebook_code.main(["--check", "--width", "80", str(path)]) == 1
+    assert json.loads(path.read_text()) == before  # --check writes nothing
+    assert format_notebook_code.main(["--width", "80", str(path)]) == 0
+    after = json.loads(path.read_text())
+    assert path.read_text().endswith("}\n") and '\n "cells": [' in path.read_text()  # indent=1
+    for a, b in zip(before["cells"], after["cells"], strict=True):
+        for key in ("outputs", "execution_count", "metadata", "id", "cell_type"):
+            assert a.get(key) == b.get(key), key
+    assert after["cells"][1]["source"] == before["cells"][1]["source"]  # a short cell is untouched
+    new_src = "".join(after["cells"][2]["source"])
+    assert max(len(line) for line in new_src.splitlines()) <= 80
+    assert new_src.replace(" ", "").replace("\n", "").rstrip(",)") == long_call.replace(" ", "").rstrip(")")
+    assert format_notebook_code.main(["--check", "--width", "80", str(path)]) == 0
+    assert format_notebook_code.main(["--width", "80", str(tmp_path / "missing.txt")]) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# make pdf (slow: TeX Live, about two minutes)
+# --------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_make_pdf_builds_the_whole_book():
+    """`make pdf` gives one PDF of the whole book: every chapter, numbered equations and
+    figures, and no unresolved reference (LaTeX prints those as "??")."""
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    run = subprocess.run(["make", "pdf"], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    pdf = REPO / "_build" / "latex" / "book.pdf"
+    log = (REPO / "_build" / "latex" / "book.log").read_text(encoding="utf8", errors="replace")
+    pages = int(re.search(r"Output written on book\.pdf \((\d+) pages", log).group(1))
+    assert pages > 150
+    assert "There were undefined references" not in log
+    assert not re.search(r"Reference `[^']*' on page \d+ undefined", log)
+    text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True,
+                          check=True).stdout
+    assert "??" not in text
+    for title in ("The posterior", "Equation ledger", "Execution report", "References"):
+        assert title in text, title
+    # chapters, figures and equations numbered as in the HTML book (chapter 1 = the forward process)
+    assert re.search(r"^\s*1 The forward process", text, flags=re.M)
+    assert re.search(r"Fig\. 1\.1", text) and re.search(r"\(4\.1\)", text)
+    assert "What the book is about" in text  # the landing figure's caption
