@@ -314,11 +314,10 @@ def config_from_dict(d: dict) -> Config:
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> Path:
-    """Write the config as indented JSON (parents created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
-    return path
+    """Write the config as indented JSON (parents created; atomically, with the umask's mode)."""
+    from ._io import atomic_write_json
+
+    return atomic_write_json(path, config_to_dict(cfg), what="config")
 
 
 def load_config(name_or_path: str | os.PathLike) -> Config:
@@ -327,15 +326,24 @@ def load_config(name_or_path: str | os.PathLike) -> Config:
     if s in PRESETS:
         return get_config(s)
     path = Path(s)
+    presets = ", ".join(sorted(PRESETS))
     if path.suffix.lower() != ".json" and not path.exists():
-        raise ValueError(f"unknown config {s!r}: expected a preset ({', '.join(sorted(PRESETS))}) or a .json file")
+        raise ValueError(f"unknown config {s!r}: expected a preset ({presets}) or a .json file")
     if not path.is_file():
-        raise ValueError(f"config file not found: {path}")
+        raise ValueError(f"{path}: config file not found; expected a preset ({presets}) or a .json file")
     try:
-        d = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-    return config_from_dict(d)
+        d = json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(
+            f"{path}: not a JSON config ({type(exc).__name__}: {str(exc).splitlines()[0][:100]}); expected the "
+            "config.json of a run or 'python -m ddpm_ref train --print-config' output"
+        ) from exc
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read ({exc.strerror}); expected a readable .json file") from exc
+    try:
+        return config_from_dict(d)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
 
 
 # ------------------------------------------------------------------------------------ overrides

@@ -105,7 +105,7 @@ def test_load_config_file_errors(tmp_path):
         load_config(tmp_path / "missing.json")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(ValueError, match="not valid JSON"):
+    with pytest.raises(ValueError, match=r"bad\.json: not a JSON config \(JSONDecodeError"):
         load_config(bad)
 
 
