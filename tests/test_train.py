@@ -320,7 +320,7 @@ def test_bad_data_gives_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="npz file not found"):
         load_images(f"npz:{tmp_path / 'none.npz'}")
     np.savez(tmp_path / "f.npz", x_train=np.zeros((2, 8, 8, 3), np.float32))
-    with pytest.raises(ValueError, match="must be uint8"):
+    with pytest.raises(ValueError, match=r"f\.npz\[x_train\]: is float32 \[2, 8, 8, 3\]; expected uint8"):
         load_images(f"npz:{tmp_path / 'f.npz'}")
     np.savez(tmp_path / "s.npz", x_train=np.zeros((2, 8, 8, 3), np.uint8))
     with pytest.raises(ValueError, match="are 8x8, but the model expects 32x32"):
