@@ -78,12 +78,17 @@ def test_bad_arguments_give_clear_errors(tmp_path, capsys, argv, message):
     assert code == 2 and err.startswith("error: ") and message in err, err
 
 
-def test_argparse_errors_exit_2(capsys):
-    for argv in (["train"], ["bogus"], ["sample", "--out", "x"], ["train", "--out", "x", "--threads", "0"]):
+def test_argparse_errors_exit_2_with_one_line(capsys):
+    for argv in (["bogus"], ["sample", "--out", "x"], ["train", "--out", "x", "--threads", "0"],
+                 ["evaluate", "--batch-size", "0"],
+                 ["sample", "--checkpoint", "c", "--out", "o", "--num-samples", "-1"]):
         with pytest.raises(SystemExit) as e:
             main(argv)
-        assert e.value.code == 2
-    capsys.readouterr()
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, (argv, err)
+        assert "--help" in err
+    assert main(["train"]) == 2  # --out is needed unless --print-config
+    assert capsys.readouterr().err.startswith("error: --out: required")
 
 
 def test_print_config(capsys):
