@@ -106,11 +106,12 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", *, check: bool 
 def torch_load(path: str | os.PathLike, map_location="cpu", *, what: str = "torch file",
                expected: str = "expected a file written by torch.save") -> object:
     """``torch.load(path, weights_only=True)`` with every failure as :class:`CheckpointError` naming
-    the file: not a torch file (text, random bytes), truncated or bit-flipped archive, or objects
-    other than tensors and plain values (never unpickled, so a file cannot run code)."""
+    the file: not a torch file (text, random bytes), truncated archive, objects other than tensors
+    and plain values (never unpickled, so a file cannot run code), or -- checked here because
+    ``torch.load`` does not -- a CRC-32 mismatch in the zip archive (a flipped bit)."""
     path = Path(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        obj = torch.load(path, map_location=map_location, weights_only=True)
     except MemoryError:
         raise
     except Exception as exc:  # truncated zips surface as RuntimeError, KeyError, EOFError, ...
@@ -122,6 +123,25 @@ def torch_load(path: str | os.PathLike, map_location="cpu", *, what: str = "torc
                 f"could run code); {expected}"
             ) from exc
         raise CheckpointError(f"{path}: {_diagnose_torch_file(path, exc, what)}; {expected}") from exc
+    bad = _zip_crc_failure(path)
+    if bad is not None:  # torch.load does not check the archive's CRC-32s: a flipped bit loads silently
+        raise CheckpointError(f"{path}: corrupted data (CRC-32 mismatch in {bad}); {expected} (use an intact copy)")
+    return obj
+
+
+def _zip_crc_failure(path: Path) -> str | None:
+    """The first member of a zip-format torch file whose CRC-32 does not match, else None
+    (also None for the legacy non-zip format, which has no checksums)."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as f:
+            if f.read(2) != b"PK":
+                return None
+        with zipfile.ZipFile(path) as z:
+            return z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        return f"the archive ({short_reason(exc, path=path)})"
 
 
 def _diagnose_torch_file(path: Path, exc: BaseException, what: str) -> str:

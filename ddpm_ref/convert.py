@@ -61,6 +61,7 @@ __all__ = [
     "save_unet",
     "load_unet",
     "unet_file_info",
+    "tensors_sha256",
 ]
 
 FORMAT_TAG = "ddpm_ref.unet/1"
@@ -478,7 +479,9 @@ def save_unet(model: UNet, path: str | os.PathLike, *, recipe=None, weights: str
     :class:`ddpm_ref.config.Config` or its dict: the diffusion T, schedule, variances and
     objective that sampling and bits/dim need), which ``weights`` the file holds (``"ema"`` or
     ``"raw"``) and the ``source`` it was converted from are stored as ONE sorted-key JSON string
-    in the file's metadata under ``"ddpm_ref"``. So :func:`load_unet` rebuilds the same network
+    in the file's metadata under ``"ddpm_ref"``, with the SHA-256 of the tensors
+    (:func:`tensors_sha256`; safetensors itself has no checksum, so :func:`load_unet` uses it to
+    refuse a file whose weights were damaged). So :func:`load_unet` rebuilds the same network
     without any other file, :func:`ddpm_ref.evaluate.load_model` finds the diffusion in the file,
     and saving the same weights twice gives byte-identical files (safetensors writes a metadata
     dict with several keys in arbitrary order). Written atomically, with the umask's file mode.
@@ -504,8 +507,22 @@ def save_unet(model: UNet, path: str | os.PathLike, *, recipe=None, weights: str
     if source is not None:
         packed["source"] = str(source)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    packed["tensors_sha256"] = tensors_sha256(state)
     data = save(state, metadata={"ddpm_ref": json.dumps(packed, sort_keys=True)})
     return atomic_write_bytes(path, data, what=".safetensors file")
+
+
+def tensors_sha256(state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of the tensors of a state dict, in sorted
+    name order (the checksum :func:`save_unet` records)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().to("cpu").contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _read_metadata(path: Path) -> dict:
@@ -528,7 +545,7 @@ def _read_metadata(path: Path) -> dict:
             packed = json.loads(meta.pop("ddpm_ref"))
             meta["format"] = packed.get("format")
             meta["ddpm_ref_config"] = json.dumps(packed.get("config"))
-            for key in ("recipe", "weights", "source"):
+            for key in ("recipe", "weights", "source", "tensors_sha256"):
                 if key in packed:
                     meta[key] = packed[key]
     return meta
@@ -536,11 +553,13 @@ def _read_metadata(path: Path) -> dict:
 
 def unet_file_info(path: str | os.PathLike) -> dict:
     """What a ``.safetensors`` file of :func:`save_unet` records: ``{"format", "unet" (the U-Net
-    kwargs or None), "recipe" (a dict or None), "weights" ("ema", "raw" or None), "source"}``."""
+    kwargs or None), "recipe" (a dict or None), "weights" ("ema", "raw" or None), "source",
+    "tensors_sha256"}`` (None for what an older file does not record)."""
     meta = _read_metadata(Path(path))
     unet = json.loads(meta["ddpm_ref_config"]) if "ddpm_ref_config" in meta else None
     return {"format": meta.get("format"), "unet": unet, "recipe": meta.get("recipe"),
-            "weights": meta.get("weights"), "source": meta.get("source")}
+            "weights": meta.get("weights"), "source": meta.get("source"),
+            "tensors_sha256": meta.get("tensors_sha256")}
 
 
 def load_unet(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> UNet:
@@ -558,8 +577,14 @@ def load_unet(path: str | os.PathLike, map_location: str | torch.device = "cpu")
         cfg = json.loads(meta["ddpm_ref_config"])
         cfg["ch_mult"], cfg["attn_resolutions"] = tuple(cfg["ch_mult"]), tuple(cfg["attn_resolutions"])
         model = UNet(**cfg)
+    state = _read_weights(path)
+    if "tensors_sha256" in meta and tensors_sha256(state) != meta["tensors_sha256"]:
+        raise FileFormatError(
+            f"{path}: corrupted data (the SHA-256 of its tensors differs from the one recorded when it was written); "
+            "use an intact copy, or convert the weights again"
+        )
     try:
-        load_state_dict_strict(model, _read_weights(path))
+        load_state_dict_strict(model, state)
     except FileFormatError:
         raise
     except ValueError as exc:

@@ -596,9 +596,9 @@ def fid_from_images(
         _check_source(ref_stats.source, False, allow_lossy_reference, "reference statistics")
     if ref_stats.extractor != _extractor_name(weights):
         raise UsageError(
-            f"reference statistics ({ref_stats.source}) were made with the feature network {ref_stats.extractor!r}, "
-            f"but features would now come from {_extractor_name(weights)!r}; use the same --feature-weights for "
-            "fid-stats and evaluate"
+            f"--feature-weights {weights or '(default)'}: the reference statistics ({ref_stats.source}) were made "
+            f"with the feature network {ref_stats.extractor!r}, not {_extractor_name(weights)!r}; use the same "
+            "--feature-weights for fid-stats and evaluate"
         )
     images = _validate_images(images)
     if images.shape[0] < 2:
@@ -606,7 +606,7 @@ def fid_from_images(
     size = (int(images.shape[1]), int(images.shape[2]))
     if ref_stats.image_size is not None and size != ref_stats.image_size:
         raise UsageError(
-            f"the samples are {size[0]}x{size[1]} but the reference statistics ({ref_stats.source}) are of "
+            f"image size: the samples are {size[0]}x{size[1]} but the reference statistics ({ref_stats.source}) are of "
             f"{ref_stats.image_size[0]}x{ref_stats.image_size[1]} images; compare images of one size (make "
             "statistics of the right size with 'python -m ddpm_ref fid-stats')"
         )

@@ -446,12 +446,15 @@ class Trainer:
             return
         need = training_memory_estimate(self.config.unet_kwargs(), self.local_batch, bf16=self.bf16)
         if need > avail:
-            per = max(need // max(self.local_batch, 1), 1)
-            fit = max(int(avail // per), 0) * self.world_size
+            one = training_memory_estimate(self.config.unet_kwargs(), 1, bf16=self.bf16)
+            per = max((need - one) // max(self.local_batch - 1, 1), 1)
+            fit = (int((avail - one) // per) + 1) * self.world_size if avail >= one else 0
+            todo = (f"use --batch-size {fit} or less, or more processes" if fit >= 1 else
+                    "even one image per process does not fit: use a smaller model or a device with more memory")
             raise UsageError(
                 f"train.batch_size (--batch-size) {B}: a training step needs about {format_bytes(need)} per process "
                 f"({self.local_batch} images) but only {format_bytes(avail)} of memory is available on "
-                f"{self.device}; use --batch-size {max(fit, 1)} or less, or more processes"
+                f"{self.device}; {todo}"
             )
 
     def _init_model(self) -> None:
@@ -853,11 +856,13 @@ class Trainer:
 
     def _save_or_explain(self, keep: bool) -> Path | None:
         """:meth:`save_checkpoint`; a failed write says where the run stopped and what is kept."""
+        previous = self.last_good_step
         try:
             return self.save_checkpoint(keep=keep)
         except OutputError as exc:
-            kept = (f"the checkpoint of step {self.last_good_step} is intact" if self.last_good_step is not None
-                    else "no checkpoint of this run exists yet")
+            self.last_good_step = previous
+            kept = (f"the checkpoint of step {previous} is intact" if previous is not None
+                    else "no checkpoint of this run was written")
             raise OutputError(f"{exc}; training stopped at step {self.step} and {kept} (continue with --resume)") \
                 from exc
 

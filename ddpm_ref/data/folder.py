@@ -19,7 +19,7 @@ _LOSSLESS_EXTENSIONS = (".png",)
 
 def load_image_folder(
     root: str | os.PathLike,
-    image_size: int | tuple[int, int] = 32,
+    image_size: int | tuple[int, int] | None = 32,
     classes: Sequence[str] | None = None,
     extensions: Sequence[str] = _IMAGE_EXTENSIONS,
     return_info: bool = False,
@@ -35,7 +35,8 @@ def load_image_folder(
 
     Args:
         root: the folder.
-        image_size: ``S`` or ``(height, width)`` every image must have (default 32x32).
+        image_size: ``S`` or ``(height, width)`` every image must have (default 32x32); ``None``:
+            the size of the first image (all must have it).
         classes: label order, e.g. :data:`CIFAR10_CLASSES` for a CIFAR-10 export; each must be
             a subfolder and no other subfolder may hold images.
         extensions: accepted file extensions (case-insensitive).
@@ -61,6 +62,8 @@ def load_image_folder(
         )
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
+    if image_size is None:
+        image_size = _first_image_size(root, classes, extensions)
     if (
         len(image_size) != 2
         or not all(isinstance(s, int | np.integer) and s > 0 for s in image_size)
@@ -128,3 +131,26 @@ def load_image_folder(
         }
         return images, labels, info
     return images, labels
+
+
+def _first_image_size(root: Path, classes, extensions) -> tuple[int, int]:
+    """(height, width) of the first image of the folder (in reading order), or (1, 1) if none."""
+    from PIL import Image
+
+    exts = tuple(e.lower() for e in extensions)
+    names = list(classes) if classes is not None else sorted(
+        p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+    )
+    for name in names:
+        if not (root / name).is_dir():
+            continue
+        for p in sorted((root / name).iterdir()):
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in exts:
+                try:
+                    with Image.open(p) as im:
+                        return int(im.size[1]), int(im.size[0])
+                except Exception as exc:
+                    raise DataFileError(
+                        f"{p}: cannot read the image ({short_reason(exc, path=p)}); expected a PNG or JPEG file"
+                    ) from exc
+    return (1, 1)  # no images: the caller reports that

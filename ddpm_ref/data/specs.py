@@ -88,7 +88,7 @@ def load_images(
     - ``"cifar10:<root>"``: the official CIFAR-10 python archive under ``root``
       (:func:`ddpm_ref.data.load_cifar10`; ``download=True`` fetches it), split ``split``;
     - ``"folder:<dir>"``: ``dir/<class>/<image>.png|jpg`` (:func:`ddpm_ref.data.load_image_folder`);
-      images must already be ``image_size`` square;
+      images must already be ``image_size`` square (any one size if ``image_size`` is None);
     - ``"npz:<file>"`` or ``"npz:<file>:<key>"``: a uint8 [N, H, W, 3] array in an .npz file (default
       key ``x_<split>``, or the file's only [N, H, W, 3] array; :func:`load_npz_images`).
 
@@ -115,7 +115,7 @@ def load_images(
     elif kind == "folder":
         if not arg:
             raise ValueError("data spec 'folder:<dir>' needs the directory, e.g. folder:data/images")
-        images, _, info = load_image_folder(arg, image_size=image_size or 32, return_info=True, progress=progress)
+        images, _, info = load_image_folder(arg, image_size=image_size, return_info=True, progress=progress)
         pixel_exact = bool(info["lossless"])
     elif kind == "npz":
         path, _, key = arg.partition(":")
