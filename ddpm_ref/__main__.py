@@ -315,8 +315,13 @@ def _check_feature_weights(path) -> None:
         raise FileFormatError(f"{path}: {where}; --feature-weights expects a TorchScript feature network file")
 
 
-def _model_dir(checkpoint) -> Path:
-    """Where a model's evaluation results go by default: ``<model dir>/eval``."""
+def _model_args(args):
+    return args.config  # a preset name or .json path (load_model resolves it), or None
+
+
+def _next_to(checkpoint) -> Path:
+    """Where a model's evaluation results go by default: ``<model dir>/eval`` (the checkpoint's
+    directory if it is one, else the folder of the checkpoint file)."""
     p = Path(checkpoint)
     return (p if p.is_dir() else p.parent) / "eval"
 
@@ -399,7 +404,7 @@ def _cmd_sample(args) -> int:
     info, device = init_distributed(args.device)
     try:
         model, diffusion, cfg, minfo = load_model(args.checkpoint, device, use_ema=not args.no_ema,
-                                                  config=args.config)
+                                                  config=_model_args(args))
         _check_steps(args, diffusion)
         eta = 0.0 if args.eta is None else args.eta
         images = generate_samples(
@@ -429,7 +434,7 @@ def _cmd_evaluate(args) -> int:
             raise _usage("--metric bpd: needs --checkpoint (the model to evaluate)")
         if args.bf16:
             raise _usage("--bf16: applies to sampling only: bits/dim are computed in float32")
-        out = Path(args.out) if args.out else _model_dir(args.checkpoint)
+        out = Path(args.out) if args.out else _next_to(args.checkpoint)
         return _evaluate_bpd(args, out)
     _refuse_options(args, groups["bpd"]._group_actions, "a bits/dim option; it does not apply to --metric fid")
     if (args.ref_stats is None) == (args.ref_data is None):
@@ -446,7 +451,7 @@ def _cmd_evaluate(args) -> int:
     if args.sampler == "ddim" and args.steps is None and args.samples is None:
         raise _usage("--sampler ddim: needs --steps K (e.g. 50 or 100)")
     _check_feature_weights(args.feature_weights)
-    out = Path(args.out) if args.out else (Path(args.samples).parent if args.samples else _model_dir(args.checkpoint))
+    out = Path(args.out) if args.out else (Path(args.samples).parent if args.samples else _next_to(args.checkpoint))
     return _evaluate_fid(args, out)
 
 
@@ -459,7 +464,7 @@ def _evaluate_bpd(args, out: Path) -> int:
     info, device = init_distributed(args.device)
     try:
         model, diffusion, cfg, minfo = load_model(args.checkpoint, device, use_ema=not args.no_ema,
-                                                  config=args.config)
+                                                  config=_model_args(args))
         spec = args.data or cfg.data
         images, dinfo = load_images(spec, args.split, image_size=model.resolution, download=args.download,
                                     progress=not args.no_progress)
@@ -496,7 +501,7 @@ def _evaluate_fid(args, out: Path) -> int:
             src = {"samples": args.samples}
         else:
             model, diffusion, cfg, minfo = load_model(args.checkpoint, device, use_ema=not args.no_ema,
-                                                      config=args.config)
+                                                      config=_model_args(args))
             _check_steps(args, diffusion)
             num = args.num_samples or 50000
             samples = generate_samples(model, diffusion, num, batch_size=args.batch_size or 256,
@@ -553,6 +558,12 @@ def _convert_source(args):
     from .errors import FileFormatError
 
     src = Path(args.source)
+    try:  # the original TensorFlow checkpoints (a reader module of its own, when present)
+        from .tf_checkpoint import is_tf_checkpoint
+    except ImportError:
+        is_tf_checkpoint = None
+    if is_tf_checkpoint is not None and is_tf_checkpoint(src):
+        return "tf", src
     if not src.exists():
         raise FileFormatError(f"{src}: does not exist; expected a training checkpoint or run directory, a "
                               ".safetensors / .bin / .ckpt weights file, or a diffusers model folder")
@@ -591,7 +602,7 @@ def _cmd_convert(args) -> int:
     if out.suffix != ".safetensors":
         raise _usage(f"{out}: the output must be a .safetensors file; give --out a name ending in .safetensors")
     kind, src = _convert_source(args)
-    if kind != "other" and args.resolution is not None:
+    if kind in ("checkpoint", "ddpm_ref") and args.resolution is not None:
         raise _usage(f"--resolution: {src} records its U-Net config; drop --resolution")
     if kind == "checkpoint":
         if args.config is not None:
@@ -612,6 +623,12 @@ def _cmd_convert(args) -> int:
         model = convert.load_unet(src)
         recipe, _ = _recipe_for(src, meta["recipe"], args.config)
         source = meta["source"] or str(src)
+    elif kind == "tf":  # the original TensorFlow checkpoint: EMA unless --no-ema
+        from .tf_checkpoint import load_tf_unet
+
+        model, tf_info = load_tf_unet(src, ema=not args.no_ema, resolution=args.resolution)
+        recipe = load_config(args.config) if args.config is not None else None
+        weights, source = ("raw" if args.no_ema else "ema"), tf_info
     else:
         if args.no_ema:
             raise _usage(f"--no-ema: applies to a training checkpoint or run directory; {src} holds one set of "

@@ -472,7 +472,7 @@ def from_pesser(source, resolution: int | None = None, dropout: float = 0.0) -> 
 
 
 def save_unet(model: UNet, path: str | os.PathLike, *, recipe=None, weights: str | None = None,
-              source: str | None = None) -> Path:
+              source: str | dict | None = None) -> Path:
     """Save ``model``'s weights and config to one ``.safetensors`` file (our format).
 
     The format tag, the U-Net config and -- when given -- the full training recipe ``recipe`` (a
@@ -504,8 +504,8 @@ def save_unet(model: UNet, path: str | os.PathLike, *, recipe=None, weights: str
         packed["recipe"] = config_to_dict(recipe if isinstance(recipe, Config) else config_from_dict(recipe))
     if weights is not None:
         packed["weights"] = weights
-    if source is not None:
-        packed["source"] = str(source)
+    if source is not None:  # a description (str) or a JSON-able dict of provenance
+        packed["source"] = source if isinstance(source, (str, dict)) else str(source)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     packed["tensors_sha256"] = tensors_sha256(state)
     data = save(state, metadata={"ddpm_ref": json.dumps(packed, sort_keys=True)})

@@ -78,6 +78,9 @@ def resolve_model_path(path: str | os.PathLike, use_ema: bool = True) -> Path:
     )
 
 
+_resolve_model_path = resolve_model_path  # the earlier private name
+
+
 def _recipe_for(path: Path, file_recipe, config):
     """The recipe of a .safetensors model: ``config`` if given, else the one in the file, else a
     ``config.json`` beside it; refused if there is none."""

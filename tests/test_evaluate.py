@@ -249,3 +249,28 @@ def test_fid_of_a_set_against_its_own_statistics_is_zero(tmp_path, real_inceptio
     assert compute_fid(images, path, batch_size=n, progress=False, weights=weights) == pytest.approx(0.0, abs=1e-3)
     other = load_sample("train")[0][:n]
     assert compute_fid(other, stats, batch_size=n, progress=False, weights=weights) > 1e-2
+
+
+@pytest.mark.parametrize("T, K", [(1000, 1000), (1000, 50), (1000, 10), (20, 5), (100, 2)])
+def test_ddim_eta_max_is_where_sigma_reaches_the_direction_budget(T, K):
+    """DDIM eq. 12 needs sigma_t^2 <= 1 - abar_{t-1} at every step; with sigma_t from DDIM eq. 16 computed
+    directly here, eta_max is the largest eta that keeps it (just below: all steps fit; just above: one does
+    not), and eta <= 1 always fits. generate_samples refuses an eta above it."""
+    from ddpm_ref import make_diffusion
+    from ddpm_ref.evaluate import ddim_eta_max
+    from ddpm_ref.sampling import respace
+
+    d = make_diffusion("linear", T)
+    proc = d if K == T else respace(d, f"ddim{K}")
+    ab, prev = np.asarray(proc.alphas_cumprod), np.asarray(proc.alphas_cumprod_prev)
+
+    def worst(eta):  # max over steps of sigma_t^2 - (1 - abar_{t-1})
+        sigma2 = eta**2 * (1 - prev) / (1 - ab) * (1 - ab / prev)
+        return float(np.max(sigma2 - (1 - prev)))
+
+    e = ddim_eta_max(proc)
+    assert e >= 1.0 and worst(1.0) <= 0
+    assert worst(e * (1 - 1e-9)) <= 1e-15 and worst(e * (1 + 1e-6)) > 0
+    model = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    with pytest.raises(ValueError, match="--eta"):
+        generate_samples(model, d, 1, sampler="ddim", steps=K, eta=e * 1.001, image_size=4, progress=False)
