@@ -382,8 +382,8 @@ class Trainer:
         tc = self.config.train
         if tc.batch_size % self.world_size:
             raise UsageError(
-                f"train.batch_size (--batch-size) {tc.batch_size}: the global batch is not divisible by the "
-                f"number of processes ({self.world_size}); give a multiple of {self.world_size}"
+                f"train.batch_size={tc.batch_size} is not divisible by the number of processes ({self.world_size}): "
+                f"each process gets batch_size / world_size images; give --batch-size a multiple of {self.world_size}"
             )
         self.local_batch = tc.batch_size // self.world_size
 
