@@ -516,6 +516,10 @@ def _evaluate_fid(args, out: Path) -> int:
             from .fid import load_statistics
 
             ref = load_statistics(args.ref_stats)
+            if not ref.pixel_exact:
+                raise _usage(f"{args.ref_stats}: statistics of lossy images ({ref.source}), which make FIDs "
+                             "meaningless; make reference statistics of pixel-exact images with "
+                             "'python -m ddpm_ref fid-stats'")
         else:
             from .evaluate import reference_statistics
 

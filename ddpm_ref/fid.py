@@ -471,8 +471,10 @@ def _check_source(source: str, pixel_exact: bool, allow_lossy: bool, what: str) 
             "on CIFAR-10, so such reference statistics make FIDs meaningless"
         )
         if not allow_lossy:
-            raise ValueError(msg + "; use pixel-exact images (PNG, the CIFAR-10 archive) with 'python -m ddpm_ref "
-                             "fid-stats'")
+            if what == "statistics":  # compute_statistics: a Python call, whose argument is the way out
+                raise ValueError(msg + "; use pixel-exact images (or allow_lossy=True to study it)")
+            raise ValueError(msg + "; use reference statistics of pixel-exact images (PNG, the CIFAR-10 archive) "
+                             "from 'python -m ddpm_ref fid-stats'")
         warnings.warn(msg, UserWarning, stacklevel=3)
 
 

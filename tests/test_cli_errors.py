@@ -138,6 +138,11 @@ def build_corpus(c: Path) -> None:
     stats = compute_statistics(_images(32, 16, seed=100), "img16 test", True, progress=False, weights=c / "toy.pt")
     save_statistics(c / "stats16.npz", stats)
     np.savez(c / "pytorch_fid.npz", mu=stats.mu, sigma=stats.sigma)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        lossy = compute_statistics(_images(32, 16, seed=100), "img16 test, JPEG q75", False, allow_lossy=True,
+                                   progress=False, weights=c / "toy.pt")
+    save_statistics(c / "lossy_stats.npz", lossy)
     _damage(c / "stats16.npz", c / "trunc_stats.npz", "truncated")
     save_samples(_images(8, 16, seed=200), c / "samples16")
     save_samples(_images(8, 32, seed=200), c / "samples32")
@@ -297,6 +302,9 @@ CASES = [
     case("e_stats_pytorch_fid", ["evaluate", "--metric", "fid", "--samples", "{C}/samples16/samples.npz",
                                  "--ref-stats", "{C}/pytorch_fid.npz", "--feature-weights", "{C}/toy.pt",
                                  "--out", "{C}/o/e6", *COMMON], ["pytorch_fid.npz", "fid-stats"]),
+    case("e_stats_lossy", ["evaluate", "--metric", "fid", "--samples", "{C}/samples16/samples.npz",
+                           "--ref-stats", "{C}/lossy_stats.npz", "--feature-weights", "{C}/toy.pt",
+                           "--out", "{C}/o/e6b", *COMMON], ["lossy_stats.npz", "fid-stats"], forbid=["allow_lossy"]),
     case("e_feature_missing", ["evaluate", "--metric", "fid", "--samples", "{C}/samples16/samples.npz",
                                "--ref-stats", "{C}/stats16.npz", "--feature-weights", "{C}/nope.pt",
                                "--out", "{C}/o/e7", *COMMON], ["nope.pt", "not found"], forbid=["made with"]),
