@@ -30,20 +30,24 @@ Writing (:func:`atomic_save`): the object goes to a temporary file in the destin
 directory, is flushed and ``fsync``-ed, and only then renamed over the destination with
 ``os.replace`` (atomic on POSIX and Windows); the directory is ``fsync``-ed too. A crash or an
 exception while saving leaves the previous file intact; the temporary file is removed on an
-exception (a hard kill can leave a ``.<name>.*.tmp`` file behind, which is harmless).
+exception (a hard kill can leave a ``.<name>.*.tmp`` file behind, which is harmless). The file
+gets the umask's mode, like any file ``open()`` creates. A full disk or a permission problem is
+reported as :class:`~ddpm_ref.errors.OutputError` naming the file and the cause.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
 import random
-import tempfile
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ._io import atomic_write
+from .errors import FileFormatError, short_reason
 
 __all__ = [
     "FORMAT",
@@ -51,6 +55,7 @@ __all__ = [
     "CheckpointError",
     "atomic_save",
     "load_checkpoint",
+    "torch_load",
     "check_train_checkpoint",
     "capture_global_rng",
     "restore_global_rng",
@@ -66,42 +71,18 @@ _REQUIRED = ("format", "version", "step", "config", "model", "ema", "optimizer",
              "generator", "rng", "world_size")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable (truncated, not a torch file) or lacks keys."""
-
-
-def _fsync_dir(directory: Path) -> None:
-    """fsync a directory so that a rename inside it is durable (no-op where unsupported)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+class CheckpointError(FileFormatError):
+    """A checkpoint file is missing, unreadable (truncated, not a torch file) or lacks keys
+    (a :class:`~ddpm_ref.errors.FileFormatError`, hence a ``ValueError``)."""
 
 
 def atomic_save(obj, path: str | os.PathLike) -> Path:
     """``torch.save(obj)`` to ``path`` atomically: temp file in the same directory, flush, fsync,
-    ``os.replace``. On any exception the temp file is removed and ``path`` is left as it was."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-    return path
+    ``os.replace`` (:func:`ddpm_ref._io.atomic_write`). The file gets the umask's mode (as
+    ``open()`` would give it). On any exception the temp file is removed and ``path`` is left as
+    it was; a failed write (disk full, permissions) raises :class:`~ddpm_ref.errors.OutputError`
+    naming the file and the cause (torch reports it as a chained ``RuntimeError``)."""
+    return atomic_write(path, lambda f: torch.save(obj, f), what="checkpoint")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu", *, check: bool = True) -> dict:
@@ -113,37 +94,98 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", *, check: bool 
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated zips surface as RuntimeError, KeyError, EOFError, ...
-        if isinstance(exc, pickle.UnpicklingError) and "weights_only" in str(exc):
-            lines = [ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln or "Unpickler" in ln]
-            raise CheckpointError(
-                f"refusing to load {path}: it contains objects other than tensors and plain values "
-                f"({lines[0] if lines else 'torch.load(weights_only=True) failed'})"
-            ) from exc
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-            "(truncated, corrupted, or not a torch checkpoint)"
-        ) from exc
+        where = "is a directory, not a checkpoint file" if path.is_dir() else "checkpoint not found"
+        raise CheckpointError(f"{path}: {where}; expected a training checkpoint (<run>/checkpoints/last.pt)")
+    obj = torch_load(path, map_location, what="torch checkpoint",
+                     expected="expected a training checkpoint written by 'python -m ddpm_ref train'")
     if check:
         check_train_checkpoint(obj, path)
     return obj
+
+
+def torch_load(path: str | os.PathLike, map_location="cpu", *, what: str = "torch file",
+               expected: str = "expected a file written by torch.save") -> object:
+    """``torch.load(path, weights_only=True)`` with every failure as :class:`CheckpointError` naming
+    the file: not a torch file (text, random bytes), truncated archive, objects other than tensors
+    and plain values (never unpickled, so a file cannot run code), or -- checked here because
+    ``torch.load`` does not -- a CRC-32 mismatch in the zip archive (a flipped bit)."""
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except MemoryError:
+        raise
+    except Exception as exc:  # truncated zips surface as RuntimeError, KeyError, EOFError, ...
+        if isinstance(exc, pickle.UnpicklingError) and "weights_only" in str(exc):
+            found = re.search(r"(?:[Uu]nsupported global:? GLOBAL|unsupported GLOBAL) ([\w.]+)", str(exc))
+            obj = f" (a {found.group(1)})" if found else ""
+            raise CheckpointError(
+                f"{path}: refusing to load Python objects other than tensors and plain values{obj} (loading them "
+                f"could run code); {expected}"
+            ) from exc
+        raise CheckpointError(f"{path}: {_diagnose_torch_file(path, exc, what)}; {expected}") from exc
+    bad = _zip_crc_failure(path)
+    if bad is not None:  # torch.load does not check the archive's CRC-32s: a flipped bit loads silently
+        raise CheckpointError(f"{path}: corrupted data (CRC-32 mismatch in {bad}); {expected} (use an intact copy)")
+    return obj
+
+
+def _zip_crc_failure(path: Path) -> str | None:
+    """The first member of a zip-format torch file whose CRC-32 does not match, else None
+    (also None for the legacy non-zip format, which has no checksums)."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as f:
+            if f.read(2) != b"PK":
+                return None
+        with zipfile.ZipFile(path) as z:
+            return z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        return f"the archive ({short_reason(exc, path=path)})"
+
+
+def _diagnose_torch_file(path: Path, exc: BaseException, what: str) -> str:
+    """Why ``torch.load`` failed, in words: empty, not a torch file, a damaged zip archive."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as err:
+        return f"cannot be read ({err.strerror})"
+    if not head:
+        return "is empty"
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                bad = z.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+            return f"not a readable {what}: its zip archive is truncated or damaged"
+        if bad is not None:
+            return f"not a readable {what}: corrupted data (checksum mismatch in {bad})"
+        return f"not a readable {what} ({short_reason(exc, path=path)})"
+    if head[:1] == b"\x80":  # a pickle (torch's legacy format)
+        return f"not a readable {what} (legacy pickle: {short_reason(exc, path=path)}; truncated or corrupted?)"
+    printable = all(32 <= c < 127 or c in (9, 10, 13) for c in head)
+    kind = "a text file" if printable else "unrecognised bytes"
+    return f"not a {what} (it starts like {kind}: {head!r})"
 
 
 def check_train_checkpoint(obj, path: str | os.PathLike = "<checkpoint>") -> dict:
     """Raise :class:`CheckpointError` unless ``obj`` is a training checkpoint of this package."""
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(
-            f"{path} is not a ddpm_ref training checkpoint (expected a dict with format={FORMAT!r}; "
-            "a converted .safetensors U-Net is loaded by ddpm_ref.convert.load_unet)"
+            f"{path}: not a ddpm_ref training checkpoint (no format={FORMAT!r} entry); expected a checkpoint "
+            "written by 'python -m ddpm_ref train' (for other weights: 'python -m ddpm_ref convert')"
         )
     if obj.get("version") != VERSION:
-        raise CheckpointError(f"{path}: unsupported checkpoint version {obj.get('version')!r}, expected {VERSION}")
+        raise CheckpointError(
+            f"{path}: unsupported checkpoint version {obj.get('version')!r}; expected version {VERSION} "
+            "(written by another release of ddpm_ref)"
+        )
     missing = [k for k in _REQUIRED if k not in obj]
     if missing:
-        raise CheckpointError(f"{path}: checkpoint lacks keys {missing}")
+        raise CheckpointError(f"{path}: checkpoint lacks entries {missing}; expected a complete training checkpoint")
     return obj
 
 

@@ -257,30 +257,30 @@ def _coerce(value, tp, where: str):
     if value is None:
         if optional:
             return None
-        raise ValueError(f"{where} must not be None (expected {getattr(inner, '__name__', inner)})")
+        raise ValueError(f"{where}: must not be None (expected {getattr(inner, '__name__', inner)})")
     if typing.get_origin(inner) is tuple:
         if not isinstance(value, (list, tuple)) or not all(
             isinstance(v, int) and not isinstance(v, bool) for v in value
         ):
-            raise ValueError(f"{where} must be a list of ints, got {value!r}")
+            raise ValueError(f"{where}: must be a list of ints, got {value!r}")
         return tuple(int(v) for v in value)
     if inner is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"{where} must be true or false, got {value!r}")
+            raise ValueError(f"{where}: must be true or false, got {value!r}")
         return value
     if inner is int:
         if isinstance(value, bool) or not (
             isinstance(value, int) or (isinstance(value, float) and value.is_integer())
         ):
-            raise ValueError(f"{where} must be an integer, got {value!r}")
+            raise ValueError(f"{where}: must be an integer, got {value!r}")
         return int(value)
     if inner is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{where} must be a number, got {value!r}")
+            raise ValueError(f"{where}: must be a number, got {value!r}")
         return float(value)
     if inner is str:
         if not isinstance(value, str):
-            raise ValueError(f"{where} must be a string, got {value!r}")
+            raise ValueError(f"{where}: must be a string, got {value!r}")
         return value
     raise TypeError(f"unsupported field type {tp!r} for {where}")  # pragma: no cover
 
@@ -314,11 +314,10 @@ def config_from_dict(d: dict) -> Config:
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> Path:
-    """Write the config as indented JSON (parents created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
-    return path
+    """Write the config as indented JSON (parents created; atomically, with the umask's mode)."""
+    from ._io import atomic_write_json
+
+    return atomic_write_json(path, config_to_dict(cfg), what="config")
 
 
 def load_config(name_or_path: str | os.PathLike) -> Config:
@@ -327,15 +326,24 @@ def load_config(name_or_path: str | os.PathLike) -> Config:
     if s in PRESETS:
         return get_config(s)
     path = Path(s)
+    presets = ", ".join(sorted(PRESETS))
     if path.suffix.lower() != ".json" and not path.exists():
-        raise ValueError(f"unknown config {s!r}: expected a preset ({', '.join(sorted(PRESETS))}) or a .json file")
+        raise ValueError(f"unknown config {s!r}: expected a preset ({presets}) or a .json file")
     if not path.is_file():
-        raise ValueError(f"config file not found: {path}")
+        raise ValueError(f"{path}: config file not found; expected a preset ({presets}) or a .json file")
     try:
-        d = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-    return config_from_dict(d)
+        d = json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(
+            f"{path}: not a JSON config ({type(exc).__name__}: {str(exc).splitlines()[0][:100]}); expected the "
+            "config.json of a run or 'python -m ddpm_ref train --print-config' output"
+        ) from exc
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read ({exc.strerror}); expected a readable .json file") from exc
+    try:
+        return config_from_dict(d)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
 
 
 # ------------------------------------------------------------------------------------ overrides
@@ -350,25 +358,25 @@ def _parse_value(text: str, tp, where: str):
         try:
             return tuple(int(p) for p in body.replace(" ", "").split(",") if p != "")
         except ValueError:
-            raise ValueError(f"{where} expects comma-separated integers like 1,2,2,2; got {text!r}") from None
+            raise ValueError(f"{where}: expects comma-separated integers like 1,2,2,2; got {text!r}") from None
     if inner is bool:
         low = s.lower()
         if low in ("1", "true", "yes", "on"):
             return True
         if low in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"{where} expects true/false, got {text!r}")
+        raise ValueError(f"{where}: expects true/false, got {text!r}")
     if inner is int:
         try:
             f = float(s.replace("_", "")) if any(c in s for c in ".eE") else None
             return int(f) if f is not None and f.is_integer() else int(s.replace("_", ""))
         except ValueError:
-            raise ValueError(f"{where} expects an integer, got {text!r}") from None
+            raise ValueError(f"{where}: expects an integer, got {text!r}") from None
     if inner is float:
         try:
             return float(s)
         except ValueError:
-            raise ValueError(f"{where} expects a number, got {text!r}") from None
+            raise ValueError(f"{where}: expects a number, got {text!r}") from None
     return s
 
 
@@ -379,45 +387,54 @@ def apply_overrides(cfg: Config, overrides) -> Config:
     cfg = copy.deepcopy(cfg)
     items = overrides.items() if isinstance(overrides, dict) else overrides
     for item in items:
-        if isinstance(item, str):
-            if "=" not in item:
-                raise ValueError(f"override {item!r} must look like section.field=value, e.g. optim.lr=1e-4")
-            key, raw = item.split("=", 1)
-            key = key.strip()
-        else:
-            key, raw = item
-        if key in ("name", "data"):
-            setattr(cfg, key, raw if isinstance(raw, str) else _coerce(raw, str, key))
-            continue
-        if key.count(".") != 1:
-            raise ValueError(
-                f"unknown config key {key!r}; expected name, data or section.field with section in "
-                f"{list(_SECTIONS)}"
-            )
-        section, name = key.split(".")
-        if section not in _SECTIONS:
-            raise ValueError(f"unknown config section {section!r} in {key!r}; expected one of {list(_SECTIONS)}")
-        types_ = _field_types(_SECTIONS[section])
-        if name not in types_:
-            raise ValueError(f"unknown field {name!r} in section {section!r}; expected one of {sorted(types_)}")
-        value = _parse_value(raw, types_[name], key) if isinstance(raw, str) else _coerce(raw, types_[name], key)
-        setattr(getattr(cfg, section), name, value)
+        try:
+            _apply_one(cfg, item)
+        except ValueError as exc:
+            shown = item if isinstance(item, str) else f"{item[0]}={item[1]}"
+            raise ValueError(f"--set {shown}: {exc}") from exc
     return cfg
+
+
+def _apply_one(cfg: Config, item) -> None:
+    """Apply one ``"section.field=value"`` string or ``(key, value)`` pair to ``cfg`` in place."""
+    if isinstance(item, str):
+        if "=" not in item:
+            raise ValueError("expected section.field=value, e.g. optim.lr=1e-4")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+    else:
+        key, raw = item
+    if key in ("name", "data"):
+        setattr(cfg, key, raw if isinstance(raw, str) else _coerce(raw, str, key))
+        return
+    if key.count(".") != 1:
+        raise ValueError(
+            f"unknown config key {key!r}; expected name, data or section.field with section in "
+            f"{list(_SECTIONS)}"
+        )
+    section, name = key.split(".")
+    if section not in _SECTIONS:
+        raise ValueError(f"unknown config section {section!r} in {key!r}; expected one of {list(_SECTIONS)}")
+    types_ = _field_types(_SECTIONS[section])
+    if name not in types_:
+        raise ValueError(f"unknown field {name!r} in section {section!r}; expected one of {sorted(types_)}")
+    value = _parse_value(raw, types_[name], key) if isinstance(raw, str) else _coerce(raw, types_[name], key)
+    setattr(getattr(cfg, section), name, value)
 
 
 # ------------------------------------------------------------------------------------ validation
 def _positive_int(where, v, minimum=1):
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise ValueError(f"{where} must be an integer >= {minimum}, got {v!r}")
+        raise ValueError(f"{where}: must be an integer >= {minimum}, got {v!r}")
 
 
 def _finite(where, v, lo=None, hi=None, lo_open=False, hi_open=False):
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise ValueError(f"{where} must be a finite number, got {v!r}")
+        raise ValueError(f"{where}: must be a finite number, got {v!r}")
     if lo is not None and (v <= lo if lo_open else v < lo):
-        raise ValueError(f"{where} must be {'>' if lo_open else '>='} {lo}, got {v!r}")
+        raise ValueError(f"{where}: must be {'>' if lo_open else '>='} {lo}, got {v!r}")
     if hi is not None and (v >= hi if hi_open else v > hi):
-        raise ValueError(f"{where} must be {'<' if hi_open else '<='} {hi}, got {v!r}")
+        raise ValueError(f"{where}: must be {'<' if hi_open else '<='} {hi}, got {v!r}")
 
 
 def validate_config(cfg: Config) -> Config:
@@ -432,15 +449,15 @@ def validate_config(cfg: Config) -> Config:
     if not isinstance(cfg, Config):
         raise ValueError(f"expected a Config, got {type(cfg).__name__}")
     if not isinstance(cfg.data, str) or not cfg.data:
-        raise ValueError(f"data must be a non-empty string like 'cifar10:<root>', got {cfg.data!r}")
+        raise ValueError(f"data: must be a non-empty string like 'cifar10:<root>', got {cfg.data!r}")
     m, d, o, t = cfg.model, cfg.diffusion, cfg.optim, cfg.train
     _finite("model.dropout", m.dropout, 0.0, 1.0, hi_open=True)
     if d.model_mean_type not in MEAN_TYPES:
-        raise ValueError(f"diffusion.model_mean_type must be one of {MEAN_TYPES}, got {d.model_mean_type!r}")
+        raise ValueError(f"diffusion.model_mean_type: must be one of {MEAN_TYPES}, got {d.model_mean_type!r}")
     if d.model_var_type not in VAR_TYPES:
-        raise ValueError(f"diffusion.model_var_type must be one of {VAR_TYPES}, got {d.model_var_type!r}")
+        raise ValueError(f"diffusion.model_var_type: must be one of {VAR_TYPES}, got {d.model_var_type!r}")
     if d.loss_type not in LOSS_TYPES:
-        raise ValueError(f"diffusion.loss_type must be one of {LOSS_TYPES}, got {d.loss_type!r}")
+        raise ValueError(f"diffusion.loss_type: must be one of {LOSS_TYPES}, got {d.loss_type!r}")
     _positive_int("diffusion.num_timesteps", d.num_timesteps)
     _finite("diffusion.beta_start", d.beta_start, 0.0, 1.0, lo_open=True)
     _finite("diffusion.beta_end", d.beta_end, 0.0, 1.0, lo_open=True)
@@ -461,7 +478,7 @@ def validate_config(cfg: Config) -> Config:
     _positive_int("train.total_steps", t.total_steps)
     _finite("train.ema_decay", t.ema_decay, 0.0, 1.0)
     if not isinstance(t.random_flip, bool):
-        raise ValueError(f"train.random_flip must be true or false, got {t.random_flip!r}")
+        raise ValueError(f"train.random_flip: must be true or false, got {t.random_flip!r}")
     _positive_int("train.seed", t.seed, 0)
     _positive_int("train.log_every", t.log_every)
     _positive_int("train.sample_every", t.sample_every, 0)

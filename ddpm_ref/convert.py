@@ -46,6 +46,7 @@ from pathlib import Path
 
 import torch
 
+from ddpm_ref.errors import FileFormatError, UsageError
 from ddpm_ref.unet import UNet
 
 __all__ = [
@@ -63,6 +64,8 @@ __all__ = [
     "load_pretrained",
     "save_unet",
     "load_unet",
+    "unet_file_info",
+    "tensors_sha256",
 ]
 
 FORMAT_TAG = "ddpm_ref.unet/1"
@@ -74,19 +77,38 @@ DIFFUSERS_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pyto
 # --------------------------------------------------------------------------------------------
 
 
+_WEIGHTS_EXPECTED = ("expected a .safetensors file, a torch state dict (.pt/.bin/.ckpt: name -> tensor) or a "
+                     "diffusers model folder")
+
+
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a ``.safetensors`` file or a torch pickle (``.bin``/``.pt``/``.ckpt``)."""
+    """Tensors of a ``.safetensors`` file or a torch pickle (``.bin``/``.pt``/``.ckpt``).
+
+    Any failure (missing, truncated, random bytes, a text file, a pickle holding objects other
+    than tensors) raises :class:`~ddpm_ref.errors.FileFormatError` naming the file."""
+    from ._io import reading
+    from .checkpoint import torch_load
+
+    path = Path(path)
     if not path.is_file():
-        raise ValueError(f"expected a weights file, {path} does not exist")
+        where = "is a directory" if path.is_dir() else "does not exist"
+        raise FileFormatError(f"{path}: {where}; {_WEIGHTS_EXPECTED}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
-    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with reading(path, ".safetensors file", "expected weights written by safetensors (e.g. 'python -m "
+                     "ddpm_ref convert')"):
+            return load_file(str(path), device="cpu")
+    obj = torch_load(path, "cpu", what="torch file", expected=_WEIGHTS_EXPECTED)
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"expected {path} to hold a state dict (name -> tensor)")
+    if not isinstance(obj, Mapping) or not obj:
+        raise FileFormatError(f"{path}: holds a {type(obj).__name__}, not a state dict (name -> tensor); "
+                              f"{_WEIGHTS_EXPECTED}")
+    bad = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise FileFormatError(f"{path}: entries {bad[:4]} are not tensors, so it is not a state dict (name -> "
+                              f"tensor); {_WEIGHTS_EXPECTED}")
     return dict(obj)
 
 
@@ -322,7 +344,8 @@ def infer_unet_config(state: Mapping[str, torch.Tensor], resolution: int | None 
     attn_levels = [i for i in levels if f"down.{i}.attn.0.q.weight" in state]
     if resolution is None:
         if not attn_levels:
-            raise ValueError("no attention blocks: pass resolution= explicitly")
+            raise ValueError("the weights have no attention blocks, so their image size cannot be inferred; "
+                             "give it with --resolution")
         resolution = 16 * 2 ** attn_levels[0]
     return dict(
         in_channels=int(state["conv_in.weight"].shape[1]),
@@ -411,14 +434,20 @@ def from_diffusers(source, config: Mapping | None = None, dropout: float | None 
         if root.is_dir() and (root / "unet").is_dir() and not _is_unet_dir(root):
             root = root / "unet"  # a pipeline folder (model_index.json + unet/ + scheduler/)
         if not root.is_dir():
-            raise ValueError(f"expected a diffusers model directory, {root} is not a directory")
+            raise FileFormatError(f"{root}: not a directory; expected a diffusers UNet2DModel folder")
         cfg_file = root / "config.json"
         if not cfg_file.is_file():
-            raise ValueError(f"expected {cfg_file} (diffusers config) to exist")
-        config = json.loads(cfg_file.read_text()) if config is None else config
+            raise FileFormatError(f"{root}: no config.json; expected a diffusers UNet2DModel folder "
+                                  f"(config.json + {DIFFUSERS_WEIGHT_FILES[0]})")
+        if config is None:
+            from ._io import reading
+
+            with reading(cfg_file, "JSON file", "expected the config.json of a diffusers UNet2DModel"):
+                config = json.loads(cfg_file.read_bytes().decode("utf-8"))
         files = [root / f for f in DIFFUSERS_WEIGHT_FILES if (root / f).is_file()]
         if not files:
-            raise ValueError(f"expected one of {DIFFUSERS_WEIGHT_FILES} in {root}")
+            raise FileFormatError(f"{root}: no weights file; expected one of {list(DIFFUSERS_WEIGHT_FILES)} "
+                                  "beside its config.json")
         state = _read_weights(files[0])
     else:
         state = _as_state_dict(source)
@@ -446,60 +475,127 @@ def from_pesser(source, resolution: int | None = None, dropout: float = 0.0) -> 
     return load_state_dict_strict(model, mapped).eval()
 
 
-def save_unet(model: UNet, path: str | os.PathLike, source: Mapping | None = None) -> Path:
+def save_unet(model: UNet, path: str | os.PathLike, *, recipe=None, weights: str | None = None,
+              source: str | dict | None = None) -> Path:
     """Save ``model``'s weights and config to one ``.safetensors`` file (our format).
 
-    The format tag and the config are stored as ONE sorted-key JSON string in the file's metadata
-    under ``"ddpm_ref"``, so :func:`load_unet` rebuilds the same network without any other file,
+    The format tag, the U-Net config and -- when given -- the full training recipe ``recipe`` (a
+    :class:`ddpm_ref.config.Config` or its dict: the diffusion T, schedule, variances and
+    objective that sampling and bits/dim need), which ``weights`` the file holds (``"ema"`` or
+    ``"raw"``) and the ``source`` it was converted from are stored as ONE sorted-key JSON string
+    in the file's metadata under ``"ddpm_ref"``, with the SHA-256 of the tensors
+    (:func:`tensors_sha256`; safetensors itself has no checksum, so :func:`load_unet` uses it to
+    refuse a file whose weights were damaged). So :func:`load_unet` rebuilds the same network
+    without any other file, :func:`ddpm_ref.evaluate.load_model` finds the diffusion in the file,
     and saving the same weights twice gives byte-identical files (safetensors writes a metadata
-    dict with several keys in arbitrary order). ``source`` (JSON-ready mapping, optional) records
-    where the weights came from (e.g. a TF checkpoint's name, EMA or raw, its global step) under
-    ``"source"`` in the same JSON.
+    dict with several keys in arbitrary order). ``source`` (a description or a JSON-ready dict, e.g. a
+    TF checkpoint's name, EMA or raw, its global step) records where the weights came from. Written
+    atomically, with the umask's file mode.
     """
     if not isinstance(model, UNet):
         raise ValueError(f"save_unet expects a ddpm_ref UNet, got {type(model).__name__}")
     path = Path(path)
     if path.suffix != ".safetensors":
-        raise ValueError(f"save_unet writes a .safetensors file, got {path.name!r}")
-    from safetensors.torch import save_file
+        raise UsageError(f"{path}: the output must be a .safetensors file; give --out a name ending in .safetensors")
+    if weights not in (None, "ema", "raw"):
+        raise ValueError(f"weights must be 'ema', 'raw' or None, got {weights!r}")
+    from safetensors.torch import save
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    from ._io import atomic_write_bytes
+
     packed = {"format": FORMAT_TAG, "config": model.config}
-    if source is not None:
-        packed["source"] = dict(source)
-    meta = {"ddpm_ref": json.dumps(packed, sort_keys=True)}
-    save_file(state, str(path), metadata=meta)
-    return path
+    if recipe is not None:
+        from .config import Config, config_from_dict, config_to_dict
+
+        packed["recipe"] = config_to_dict(recipe if isinstance(recipe, Config) else config_from_dict(recipe))
+    if weights is not None:
+        packed["weights"] = weights
+    if source is not None:  # a description (str) or a JSON-able dict of provenance
+        packed["source"] = source if isinstance(source, (str, dict)) else str(source)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    packed["tensors_sha256"] = tensors_sha256(state)
+    data = save(state, metadata={"ddpm_ref": json.dumps(packed, sort_keys=True)})
+    return atomic_write_bytes(path, data, what=".safetensors file")
+
+
+def tensors_sha256(state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of the tensors of a state dict, in sorted
+    name order (the checksum :func:`save_unet` records)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().to("cpu").contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _read_metadata(path: Path) -> dict:
-    """The file's ddpm_ref metadata as ``{"format": ..., "ddpm_ref_config": <json>}`` (both layouts:
-    the single ``"ddpm_ref"`` key written now, and the two keys of earlier files)."""
+    """The file's ddpm_ref metadata as ``{"format": ..., "ddpm_ref_config": <json>, ...}`` (both
+    layouts: the single ``"ddpm_ref"`` key written now, and the two keys of earlier files); the
+    recipe, weights and source, when recorded, under ``"recipe"`` (a dict), ``"weights"``,
+    ``"source"``. A damaged file raises :class:`~ddpm_ref.errors.FileFormatError`."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = dict(f.metadata() or {})
-    if "ddpm_ref" in meta:
-        packed = json.loads(meta.pop("ddpm_ref"))
-        meta["format"] = packed.get("format")
-        meta["ddpm_ref_config"] = json.dumps(packed.get("config"))
+    from ._io import reading
+
+    path = Path(path)
+    if not path.is_file():
+        where = "is a directory" if path.is_dir() else "does not exist"
+        raise FileFormatError(f"{path}: {where}; expected a .safetensors model file")
+    with reading(path, ".safetensors file", "expected a model written by 'python -m ddpm_ref convert'"):
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+        if "ddpm_ref" in meta:
+            packed = json.loads(meta.pop("ddpm_ref"))
+            meta["format"] = packed.get("format")
+            meta["ddpm_ref_config"] = json.dumps(packed.get("config"))
+            for key in ("recipe", "weights", "source", "tensors_sha256"):
+                if key in packed:
+                    meta[key] = packed[key]
     return meta
+
+
+def unet_file_info(path: str | os.PathLike) -> dict:
+    """What a ``.safetensors`` file of :func:`save_unet` records: ``{"format", "unet" (the U-Net
+    kwargs or None), "recipe" (a dict or None), "weights" ("ema", "raw" or None), "source",
+    "tensors_sha256"}`` (None for what an older file does not record)."""
+    meta = _read_metadata(Path(path))
+    unet = json.loads(meta["ddpm_ref_config"]) if "ddpm_ref_config" in meta else None
+    return {"format": meta.get("format"), "unet": unet, "recipe": meta.get("recipe"),
+            "weights": meta.get("weights"), "source": meta.get("source"),
+            "tensors_sha256": meta.get("tensors_sha256")}
 
 
 def load_unet(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> UNet:
     """Load a file written by :func:`save_unet` (weights + config). Returns the UNet in eval mode."""
+    from ._io import reading
+
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"expected a ddpm_ref .safetensors file, {path} does not exist")
     meta = _read_metadata(path)
     if meta.get("format") != FORMAT_TAG or "ddpm_ref_config" not in meta:
-        raise ValueError(f"expected a file written by ddpm_ref.convert.save_unet "
-                         f"(metadata format={FORMAT_TAG!r}), got metadata keys {sorted(meta)}")
-    cfg = json.loads(meta["ddpm_ref_config"])
-    cfg["ch_mult"], cfg["attn_resolutions"] = tuple(cfg["ch_mult"]), tuple(cfg["attn_resolutions"])
-    model = UNet(**cfg)
-    load_state_dict_strict(model, _read_weights(path))
+        raise FileFormatError(
+            f"{path}: not a ddpm_ref model file (no {FORMAT_TAG!r} metadata); convert the weights first with "
+            "'python -m ddpm_ref convert <source> --out <file>.safetensors'"
+        )
+    with reading(path, "ddpm_ref model file", "convert the weights again with 'python -m ddpm_ref convert'"):
+        cfg = json.loads(meta["ddpm_ref_config"])
+        cfg["ch_mult"], cfg["attn_resolutions"] = tuple(cfg["ch_mult"]), tuple(cfg["attn_resolutions"])
+        model = UNet(**cfg)
+    state = _read_weights(path)
+    if "tensors_sha256" in meta and tensors_sha256(state) != meta["tensors_sha256"]:
+        raise FileFormatError(
+            f"{path}: corrupted data (the SHA-256 of its tensors differs from the one recorded when it was written); "
+            "use an intact copy, or convert the weights again"
+        )
+    try:
+        load_state_dict_strict(model, state)
+    except FileFormatError:
+        raise
+    except ValueError as exc:
+        raise FileFormatError(f"{path}: {exc}; convert the weights again with 'python -m ddpm_ref convert'") \
+            from exc
     return model.to(map_location).eval()
 
 
@@ -513,16 +609,29 @@ def load_pretrained(path_or_dir: str | os.PathLike, resolution: int | None = Non
     * a ``.safetensors`` file written by :func:`save_unet`: ddpm_ref;
     * any other weights file: layout detected from its key names (ddpm_ref, pesser, diffusers);
       the config is read off the shapes (``resolution`` as in :func:`infer_unet_config`).
+
+    Every failure raises a ``ValueError`` naming the file (:class:`~ddpm_ref.errors.FileFormatError`
+    for unreadable or unrecognised files).
     """
     from ddpm_ref.tf_checkpoint import is_tf_checkpoint
 
     if is_tf_checkpoint(path_or_dir):  # the original TF code's checkpoints: their EMA weights
         return from_tf_checkpoint(path_or_dir, resolution=resolution)
     path = Path(path_or_dir)
+    try:
+        return _load_pretrained(path, resolution)
+    except (FileFormatError, UsageError):
+        raise
+    except ValueError as exc:
+        msg = str(exc)
+        raise FileFormatError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from exc
+
+
+def _load_pretrained(path: Path, resolution: int | None) -> UNet:
     if path.is_dir():
         return from_diffusers(path)
     if not path.is_file():
-        raise ValueError(f"expected a weights file or a diffusers directory, {path} does not exist")
+        raise FileFormatError(f"{path}: does not exist; {_WEIGHTS_EXPECTED}")
     if path.suffix == ".safetensors" and _read_metadata(path).get("format") == FORMAT_TAG:
         return load_unet(path)
     state = _read_weights(path)
@@ -531,7 +640,12 @@ def load_pretrained(path_or_dir: str | os.PathLike, resolution: int | None = Non
         return from_pesser(state, resolution=resolution)
     if layout == "diffusers":
         sibling = path.parent / "config.json"
-        config = json.loads(sibling.read_text()) if sibling.is_file() else None
+        config = None
+        if sibling.is_file():
+            from ._io import reading
+
+            with reading(sibling, "JSON file", "expected the config.json of a diffusers UNet2DModel"):
+                config = json.loads(sibling.read_bytes().decode("utf-8"))
         return from_diffusers(state, config=config)
     model = UNet(**infer_unet_config(state, resolution=resolution))
     return load_state_dict_strict(model, state).eval()

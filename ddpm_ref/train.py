@@ -71,6 +71,9 @@ import json
 import math
 import os
 import random
+import signal
+import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -81,6 +84,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from ._io import atomic_write_text
+from ._progress import progress as _progress_bar
 from ._validate import value_checks
 from .checkpoint import (
     FORMAT,
@@ -97,12 +102,16 @@ from .config import (
     changed_keys,
     config_from_dict,
     config_to_dict,
+    load_config,
     save_config,
     validate_config,
 )
+from .data.specs import load_images
+from .errors import OutputError, UsageError, describe_os_error
 
 __all__ = [
     "NonFiniteLossError",
+    "TrainingInterrupted",
     "DistInfo",
     "init_distributed",
     "select_device",
@@ -116,6 +125,32 @@ __all__ = [
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/inf loss or gradient norm; the message names the step."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped :meth:`Trainer.fit`; a checkpoint at the current step was written.
+
+    Attributes: ``signum`` (the signal), ``step``, ``path`` (the checkpoint, None on ranks other
+    than 0). The message names the checkpoint and how to continue."""
+
+    def __init__(self, signum: int, step: int, path, out_dir):
+        self.signum, self.step, self.path = int(signum), int(step), path
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"interrupted by {name} at step {step}: saved the checkpoint {path}; continue with the same "
+            f"command plus --resume (python -m ddpm_ref train --out {out_dir} --resume)"
+        )
+
+
+def _check_same_recipe(saved: Config, config: Config, source) -> None:
+    """A run may only be continued with the same recipe (up to :data:`RESUME_SAFE_KEYS`)."""
+    bad = [k for k in changed_keys(saved, config) if k not in RESUME_SAFE_KEYS]
+    if bad:
+        raise UsageError(
+            f"{source}: cannot resume with a changed recipe: {bad} differ from the run's (only "
+            f"{sorted(RESUME_SAFE_KEYS)} may change); drop those --set/--config changes, or start a new run "
+            "in another --out"
+        )
 
 
 # ----------------------------------------------------------------------------------- environment
@@ -194,88 +229,6 @@ def warmup_lr(step: int, lr: float, warmup_steps: int) -> float:
     return float(lr) * min(step / warmup_steps, 1.0)
 
 
-# ----------------------------------------------------------------------------------- data
-def load_images(
-    spec: str,
-    split: str = "train",
-    *,
-    image_size: int | None = None,
-    download: bool = False,
-    progress: bool = True,
-) -> tuple[np.ndarray, dict]:
-    """Load uint8 NHWC images from a data spec.
-
-    ``spec`` is one of:
-
-    - ``"sample"`` / ``"sample:train"`` / ``"sample:test"``: the pixel-exact CIFAR-10 sample shipped
-      in the package (1024 training, 256 test images); without a suffix, ``split`` decides;
-    - ``"cifar10:<root>"``: the official CIFAR-10 python archive under ``root``
-      (:func:`ddpm_ref.data.load_cifar10`; ``download=True`` fetches it), split ``split``;
-    - ``"folder:<dir>"``: ``dir/<class>/<image>.png|jpg`` (:func:`ddpm_ref.data.load_image_folder`);
-      images must already be ``image_size`` square;
-    - ``"npz:<file>"`` or ``"npz:<file>:<key>"``: a uint8 [N, H, W, 3] array in an .npz file (default
-      key ``x_<split>``, or the file's only 4-D array).
-
-    Returns ``(images, info)`` with ``info = {"source", "split", "num_images", "pixel_exact"}``;
-    ``pixel_exact`` is False for JPEG folders (never compute FID reference statistics from them).
-    Raises ``ValueError`` for a bad spec or missing path, :class:`ddpm_ref.data.DataFileError`
-    (an ``OSError``) for unreadable or wrongly sized files.
-    """
-    from . import data
-
-    if not isinstance(spec, str) or not spec:
-        raise ValueError(f"data spec must be a non-empty string, got {spec!r}")
-    kind, _, arg = spec.partition(":")
-    pixel_exact = True
-    if kind == "sample":
-        sp = arg or split
-        if sp not in ("train", "test"):
-            raise ValueError(f"data spec {spec!r}: the shipped sample has splits 'train' and 'test', got {sp!r}")
-        images = data.load_sample(sp)[0]
-        split = sp
-    elif kind == "cifar10":
-        if not arg:
-            raise ValueError("data spec 'cifar10:<root>' needs the directory, e.g. cifar10:data/cifar10")
-        images = data.load_cifar10(arg, split, download=download, progress=progress)[0]
-    elif kind == "folder":
-        if not arg:
-            raise ValueError("data spec 'folder:<dir>' needs the directory")
-        images, _, info = data.load_image_folder(
-            arg, image_size=image_size or 32, return_info=True, progress=progress
-        )
-        pixel_exact = bool(info["lossless"])
-    elif kind == "npz":
-        path, _, key = arg.partition(":")
-        if not path:
-            raise ValueError("data spec 'npz:<file>[:key]' needs the file")
-        if not Path(path).is_file():
-            raise ValueError(f"npz file not found: {path}")
-        with np.load(path, allow_pickle=False) as f:
-            names = list(f.keys())
-            if not key:
-                four_d = [n for n in names if f[n].ndim == 4]
-                key = f"x_{split}" if f"x_{split}" in names else (four_d[0] if len(four_d) == 1 else "")
-            if key not in names:
-                raise ValueError(f"{path}: cannot choose an image array (have {names}); use npz:{path}:<key>")
-            images = f[key]
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"{path}[{key}] must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}")
-    else:
-        raise ValueError(
-            f"unknown data spec {spec!r}; expected sample[:train|test], cifar10:<root>, folder:<dir> "
-            "or npz:<file>[:key]"
-        )
-    if images.shape[0] == 0:
-        raise ValueError(f"data spec {spec!r} holds no images")
-    if image_size is not None and images.shape[1:3] != (image_size, image_size):
-        raise ValueError(
-            f"images from {spec!r} are {images.shape[1]}x{images.shape[2]}, but the model expects "
-            f"{image_size}x{image_size}"
-        )
-    info = {"source": spec, "split": split, "num_images": int(images.shape[0]), "pixel_exact": pixel_exact}
-    return images, info
-
-
 # ----------------------------------------------------------------------------------- trainer
 def _autocast(device: torch.device, enabled: bool):
     if not enabled:
@@ -288,7 +241,8 @@ class Trainer:
 
     Args:
         config: the recipe (:class:`ddpm_ref.config.Config`); on resume ``None`` means the
-            checkpoint's own config. A given config may differ from the checkpoint's only in
+            checkpoint's own config (or ``<out>/config.json`` of a run that has not written a
+            checkpoint yet). A given config may differ from the checkpoint's only in
             :data:`ddpm_ref.config.RESUME_SAFE_KEYS` (e.g. ``train.total_steps``), else ValueError.
         out_dir: the run directory (layout in the module docs).
         images: uint8 [N, H, W, 3] training images; default: :func:`load_images` of ``config.data``.
@@ -300,12 +254,27 @@ class Trainer:
         tf32: allow TF32 matmuls/convolutions on CUDA.
         deterministic: ``torch.use_deterministic_algorithms(True)`` (and deterministic cuDNN): bitwise
             reproducible GPU runs and resumes, at some speed cost. CPU runs are deterministic anyway.
-        resume: path of a checkpoint to continue from, or ``"auto"`` for ``out_dir/checkpoints/last.pt``
-            if it exists (a fresh start otherwise).
-        progress: show a tqdm bar (rank 0). tensorboard: write TensorBoard events (rank 0).
+        resume: path of a checkpoint to continue from, or ``"auto"``: ``out_dir/checkpoints/last.pt``
+            if it exists, else the ``out_dir/config.json`` of a run interrupted before its first
+            checkpoint (started again from step 0), else a new run (``config`` is then required).
+        progress: show a progress bar (rank 0; plain lines when stderr is not a terminal).
+        tensorboard: write TensorBoard events (rank 0).
         download: let ``cifar10:<root>`` download the archive.
         overrides: ``"section.field=value"`` strings (:func:`ddpm_ref.config.apply_overrides`) applied
             to ``config`` (or, on resume without a config, to the checkpoint's).
+        force: start a new run in a directory whose ``config.json`` belongs to a run that has not
+            written a checkpoint yet (never deletes checkpoints).
+
+    A new run refuses a directory that already holds one (a checkpoint, or a ``config.json``
+    without one: a run in progress) unless ``resume`` (or ``force`` for the latter) is given.
+    :meth:`fit` handles SIGINT and SIGTERM: it writes a checkpoint at the current step and raises
+    :class:`TrainingInterrupted`.
+
+    The constructor runs these steps in order (each a method): :meth:`_init_processes`,
+    :meth:`_resolve_run` (which checkpoint, which config), :meth:`_init_config`,
+    :meth:`_init_numerics`, :meth:`_init_data`, :meth:`_check_batch_fits`, :meth:`_init_model`
+    (model, EMA, optimizer and generators, seeded identically on every rank), :meth:`_load_state`
+    when resuming, :meth:`_wrap_model` (DDP, compile) and :meth:`_init_logging`.
     """
 
     def __init__(
@@ -325,59 +294,101 @@ class Trainer:
         tensorboard: bool = True,
         download: bool = False,
         overrides=None,
+        force: bool = False,
     ):
+        self._init_processes(out_dir, device, deterministic)
+        ckpt, resume_path, config = self._resolve_run(config, resume, overrides, force)
+        self._init_config(config)
+        self._init_numerics(channels_last, bf16, compile, deterministic, tf32)
+        images = self._init_data(images, download, progress)
+        self._check_batch_fits(images)
+        self._init_model()
+        self.step = 0
+        self.resumed_from = None
+        if ckpt is not None:
+            self._load_state(ckpt, resume_path)
+            self._check_length()
+        self._wrap_model()
+        self._init_logging(tensorboard, progress, resumed=ckpt is not None)
+
+    # --------------------------------------------------------------------------- construction steps
+    def _init_processes(self, out_dir, device, deterministic: bool) -> None:
+        """Paths of the run, this process's rank and device (initialises DDP under torchrun)."""
         if deterministic:  # cuBLAS needs this before its first use to be deterministic
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         self.out_dir = Path(out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.last_path = self.ckpt_dir / "last.pt"
+        self.config_path = self.out_dir / "config.json"
         self.dist, self.device = init_distributed(device)
         self.rank, self.world_size = self.dist.rank, self.dist.world_size
         self.is_main = self.dist.is_main
+        self._restart = False  # True: a run without checkpoint is started again from step 0
 
-        # ---- resume: which checkpoint, which config
+    def _resolve_run(self, config, resume, overrides, force: bool):
+        """Which checkpoint to continue (if any) and the recipe: ``(ckpt, path, config)``."""
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise UsageError(f"{self.out_dir}: is a file, not a directory; give --out a directory")
+        resume_path = saved = None
+        if resume is not None and str(resume) != "auto":
+            resume_path = Path(resume)
+        elif resume is not None and self.last_path.is_file():
+            resume_path = self.last_path
+        elif resume is not None and self.config_path.is_file():
+            saved = load_config(self.config_path)
+            config = saved if config is None else config
+            self._restart = True
+            self._say(f"--resume: {self.out_dir} has no checkpoint yet; starting its run again from "
+                      f"{self.config_path} at step 0")
+        elif resume is not None:
+            if config is None:
+                raise UsageError(
+                    f"{self.out_dir}: nothing to resume (no checkpoints/last.pt, no config.json); start a new "
+                    "run with --config (cifar10, tiny or a .json file)"
+                )
+            self._say(f"--resume: nothing to resume in {self.out_dir}; starting a new run")
+        elif self.last_path.is_file():
+            raise UsageError(
+                f"{self.out_dir}: already holds a run ({self.last_path}); pass --resume to continue it, "
+                "or choose another --out"
+            )
+        elif self.config_path.is_file():
+            if not force:
+                raise UsageError(
+                    f"{self.out_dir}: already holds a run that has not written a checkpoint yet "
+                    f"({self.config_path}); pass --resume to start it again from its config.json, --force to "
+                    "start a new run here, or choose another --out"
+                )
+            self._restart = True
         ckpt = None
-        resume_path = None
-        if resume is not None:
-            if str(resume) == "auto":
-                resume_path = self.last_path if self.last_path.is_file() else None
-                if resume_path is None:
-                    self._say(f"--resume: no checkpoint at {self.last_path}; starting a new run")
-            else:
-                resume_path = Path(resume)
         if resume_path is not None:
             ckpt = load_checkpoint(resume_path)
             ckpt_cfg = config_from_dict(ckpt["config"])
-            if config is None:
-                config = ckpt_cfg
+            config = ckpt_cfg if config is None else config
             if overrides:
                 config = apply_overrides(config, overrides)
-            bad = [k for k in changed_keys(ckpt_cfg, config) if k not in RESUME_SAFE_KEYS]
-            if bad:
-                raise ValueError(
-                    f"cannot resume {resume_path} with a changed recipe: {bad} differ from the "
-                    f"checkpoint (only {sorted(RESUME_SAFE_KEYS)} may change); start a new run instead"
-                )
-        elif self.last_path.is_file():
-            raise ValueError(
-                f"{self.out_dir} already holds a run ({self.last_path}); pass --resume to continue it "
-                "or choose another output directory"
-            )
+            _check_same_recipe(ckpt_cfg, config, resume_path)
         if config is None:
-            raise ValueError("config is required for a new run")
+            raise UsageError("no recipe for a new run; pass --config (cifar10, tiny or a .json file)")
         if ckpt is None and overrides:
             config = apply_overrides(config, overrides)
+        if saved is not None:
+            _check_same_recipe(saved, config, self.config_path)
+        return ckpt, resume_path, config
+
+    def _init_config(self, config: Config) -> None:
+        """Validate the recipe and split the global batch over the processes."""
         self.config = validate_config(config)
-        cfg = self.config
-        tc = cfg.train
+        tc = self.config.train
         if tc.batch_size % self.world_size:
-            raise ValueError(
-                f"the global batch train.batch_size={tc.batch_size} is not divisible by the number of "
-                f"processes ({self.world_size}); each process must get batch_size / world_size images"
+            raise UsageError(
+                f"train.batch_size={tc.batch_size} is not divisible by the number of processes ({self.world_size}): "
+                f"each process gets batch_size / world_size images; give --batch-size a multiple of {self.world_size}"
             )
         self.local_batch = tc.batch_size // self.world_size
 
-        # ---- numerics / speed options
+    def _init_numerics(self, channels_last, bf16, compile, deterministic, tf32) -> None:
+        """Speed and reproducibility switches (channels_last, bf16, compile, TF32, determinism)."""
         if channels_last is None:
             channels_last = self.device.type == "cuda"
         self.channels_last, self.bf16, self.compile = bool(channels_last), bool(bf16), bool(compile)
@@ -390,10 +401,12 @@ class Trainer:
             torch.backends.cudnn.benchmark = not self.deterministic
             torch.backends.cudnn.deterministic = self.deterministic
 
-        # ---- data
+    def _init_data(self, images, download: bool, progress: bool) -> np.ndarray:
+        """The diffusion, the training images (``config.data`` unless given) and the batch stream."""
+        cfg = self.config
+        tc = cfg.train
         self.diffusion = cfg.build_diffusion()
-        unet_kw = cfg.unet_kwargs()
-        res = unet_kw["resolution"]
+        res = cfg.unet_kwargs()["resolution"]
         if images is None:
             # with --download under DDP, rank 0 fetches the archive while the others wait
             first = download and self.world_size > 1
@@ -416,8 +429,38 @@ class Trainer:
         self.stream = BatchStreamFactory(
             images, tc.batch_size, tc.seed, self.rank, self.world_size, tc.random_flip, self.device
         )
+        return images
 
-        # ---- model, EMA, optimizer (identical initialisation on every rank)
+    def _check_batch_fits(self, images: np.ndarray) -> None:
+        """Refuse a global batch larger than the data set, or one that cannot fit in memory."""
+        B, n = self.config.train.batch_size, int(images.shape[0])
+        if B > n:
+            raise UsageError(
+                f"train.batch_size (--batch-size) {B}: larger than the {n} training images of "
+                f"{self.data_info['source']}; use --batch-size {n} or less"
+            )
+        from ._resources import available_memory, format_bytes, training_memory_estimate
+
+        avail = available_memory(self.device)
+        if avail is None:
+            return
+        need = training_memory_estimate(self.config.unet_kwargs(), self.local_batch, bf16=self.bf16)
+        if need > avail:
+            one = training_memory_estimate(self.config.unet_kwargs(), 1, bf16=self.bf16)
+            per = max((need - one) // max(self.local_batch - 1, 1), 1)
+            fit = (int((avail - one) // per) + 1) * self.world_size if avail >= one else 0
+            todo = (f"use --batch-size {fit} or less, or more processes" if fit >= 1 else
+                    "even one image per process does not fit: use a smaller model or a device with more memory")
+            raise UsageError(
+                f"train.batch_size (--batch-size) {B}: a training step needs about {format_bytes(need)} per process "
+                f"({self.local_batch} images) but only {format_bytes(avail)} of memory is available on "
+                f"{self.device}; {todo}"
+            )
+
+    def _init_model(self) -> None:
+        """Model, EMA, optimizer, and the generators of t/noise and dropout (identical on every rank)."""
+        cfg = self.config
+        tc = cfg.train
         torch.manual_seed(derive_seed(tc.seed, _SEED_INIT))
         self.model = cfg.build_model().to(self.device).train()
         if self.channels_last:
@@ -434,12 +477,18 @@ class Trainer:
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(derive_seed(tc.seed, _SEED_TNOISE))
         self._seed_globals(derive_seed(tc.seed, _SEED_DROPOUT, self.rank))
-        self.step = 0
-        self.resumed_from = None
-        if ckpt is not None:
-            self._load_state(ckpt, resume_path)
 
-        # ---- wrappers
+    def _check_length(self) -> None:
+        """A resumed run must not be asked to end before the step it is at."""
+        total = self.config.train.total_steps
+        if total < self.step:
+            raise UsageError(
+                f"train.total_steps (--steps) {total}: below the step the run is at ({self.step}, "
+                f"{self.resumed_from}); pass --steps {self.step} or more to continue it"
+            )
+
+    def _wrap_model(self) -> None:
+        """The forward model: DDP under torchrun, torch.compile if asked."""
         fwd = self.model
         if self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -453,7 +502,8 @@ class Trainer:
         self._model_params = [p for p in self.model.parameters()]
         self._ema_params = [p for p in self.ema.parameters()]
 
-        # ---- logging state
+    def _init_logging(self, tensorboard: bool, progress: bool, resumed: bool) -> None:
+        """Per-step buffers, the log window, TensorBoard, progress, the NaN guard and the signal state."""
         self._pending: list[tuple[int, torch.Tensor, torch.Tensor, float]] = []
         self._window: list[tuple[int, float, float, float]] = []
         self.history: list[dict] = []
@@ -463,7 +513,9 @@ class Trainer:
         self._last_log_time = None
         self._last_log_step = self.step
         self._failed = False
-        self.last_good_step = self.step if ckpt is not None else None
+        self.last_good_step = self.step if resumed else None
+        self._signal = None  # the signal number that asked the run to stop
+        self._stop_group = None  # a gloo group to agree on it under DDP (created on first use)
 
     # --------------------------------------------------------------------------- helpers
     def _say(self, msg: str) -> None:
@@ -581,7 +633,13 @@ class Trainer:
                 warnings.warn(f"TensorBoard logging disabled ({exc})", stacklevel=2)
                 self._tensorboard = False
                 return None
-            self._writer = SummaryWriter(str(self.out_dir / "tb"), purge_step=self.step + 1 if self.step else None)
+            try:
+                self._writer = SummaryWriter(str(self.out_dir / "tb"),
+                                             purge_step=self.step + 1 if self.step else None)
+            except Exception as exc:
+                why, todo = describe_os_error(exc)
+                raise OutputError(f"{self.out_dir / 'tb'}: cannot write TensorBoard events: {why}; {todo} "
+                                  "(or pass --no-tensorboard)") from exc
         return self._writer
 
     def _log(self, bar) -> None:
@@ -608,19 +666,30 @@ class Trainer:
             bar.set_postfix(loss=f"{rec['loss']:.4f}", gnorm=f"{rec['grad_norm']:.3f}", lr=f"{rec['lr']:.2e}")
         if not self.is_main:
             return
-        with open(self.out_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        path = self.out_dir / "metrics.jsonl"
+        try:
+            with open(path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        except OSError as exc:
+            why, todo = describe_os_error(exc)
+            raise OutputError(f"{path}: cannot append the log: {why}; {todo}") from exc
         w = self._open_writer()
         if w is not None:
             s = rec["step"]
-            w.add_scalar("train/loss", rec["loss"], s)
-            w.add_scalar("train/grad_norm", rec["grad_norm"], s)
-            w.add_scalar("train/lr", rec["lr"], s)
-            if math.isfinite(sps):
-                w.add_scalar("train/steps_per_sec", sps, s)
+            try:
+                w.add_scalar("train/loss", rec["loss"], s)
+                w.add_scalar("train/grad_norm", rec["grad_norm"], s)
+                w.add_scalar("train/lr", rec["lr"], s)
+                if math.isfinite(sps):
+                    w.add_scalar("train/steps_per_sec", sps, s)
+            except Exception as exc:
+                why, todo = describe_os_error(exc)
+                raise OutputError(f"{self.out_dir / 'tb'}: cannot write TensorBoard events: {why}; {todo} "
+                                  "(or pass --no-tensorboard)") from exc
 
     def _truncate_metrics(self) -> None:
-        """On resume, drop log lines written after the checkpoint (they are recomputed)."""
+        """On resume, drop log lines written after the checkpoint (they are recomputed); a run
+        started again from step 0 drops them all."""
         path = self.out_dir / "metrics.jsonl"
         if not (self.is_main and path.is_file()):
             return
@@ -629,9 +698,9 @@ class Trainer:
             try:
                 if json.loads(line)["step"] <= self.step:
                     keep.append(line)
-            except (ValueError, KeyError):
+            except (ValueError, KeyError, TypeError):
                 continue
-        path.write_text("".join(k + "\n" for k in keep))
+        atomic_write_text(path, "".join(k + "\n" for k in keep), what="training log")
 
     # --------------------------------------------------------------------------- checkpoints
     def state_dict(self, rng_states: list) -> dict:
@@ -733,44 +802,107 @@ class Trainer:
     def fit(self, stop_at: int | None = None) -> list[dict]:
         """Train until ``config.train.total_steps`` (or until step ``stop_at``, e.g. to simulate an
         interruption), logging, sampling and checkpointing at the configured intervals and at the
-        end. Returns the log records of this call. Raises :class:`NonFiniteLossError`."""
+        end. Returns the log records of this call.
+
+        SIGINT (Ctrl-C) and SIGTERM (a cluster's preemption notice) stop the loop after the current
+        update: a checkpoint of that step is written atomically and :class:`TrainingInterrupted`
+        is raised (a second signal acts at once, the previous checkpoint staying intact). Under
+        DDP the ranks agree on the step first. Raises :class:`NonFiniteLossError`, and
+        :class:`~ddpm_ref.errors.OutputError` if a checkpoint cannot be written (the previous one
+        is kept)."""
         tc = self.config.train
+        if stop_at is not None and int(stop_at) <= self.step:
+            raise UsageError(f"--stop-at {stop_at}: the run is already at step {self.step}; give a later step")
         end = tc.total_steps if stop_at is None else min(int(stop_at), tc.total_steps)
         if self.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            save_config(self.config, self.out_dir / "config.json")
-            if self.resumed_from is not None:
+            save_config(self.config, self.config_path)
+            if self.resumed_from is not None or self._restart:
                 self._truncate_metrics()
             self._say(self.describe())
         first_record = len(self.history)
         check_every_step = self.device.type != "cuda"  # a sync is free off-GPU
-        bar = tqdm(
+        bar = _progress_bar(
             total=tc.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
             disable=not (self._progress and self.is_main), desc="train", smoothing=0.05,
         )
         self._last_log_time, self._last_log_step = time.perf_counter(), self.step
         try:
-            while self.step < end:
-                self.train_step()
-                bar.update(1)
-                s = self.step
-                due_log = s % tc.log_every == 0 or s == end
-                due_keep = tc.keep_every > 0 and s % tc.keep_every == 0
-                due_ckpt = s % tc.checkpoint_every == 0 or s == end or due_keep
-                due_sample = tc.sample_every > 0 and s % tc.sample_every == 0
-                if check_every_step or due_log or due_ckpt or due_sample:
-                    self._drain()
-                if due_log:
-                    self._log(bar)
-                if due_ckpt:
-                    self.save_checkpoint(keep=due_keep)
-                if due_sample and self.is_main:
-                    self.sample_grid()
+            with self._handle_signals():
+                while self.step < end:
+                    self.train_step()
+                    bar.update(1)
+                    s = self.step
+                    stop = self._stop_requested()
+                    due_log = s % tc.log_every == 0 or s == end or stop is not None
+                    due_keep = tc.keep_every > 0 and s % tc.keep_every == 0
+                    due_ckpt = s % tc.checkpoint_every == 0 or s == end or due_keep or stop is not None
+                    due_sample = tc.sample_every > 0 and s % tc.sample_every == 0 and stop is None
+                    if check_every_step or due_log or due_ckpt or due_sample:
+                        self._drain()
+                    if due_log:
+                        self._log(bar)
+                    if due_ckpt:
+                        path = self._save_or_explain(keep=due_keep)
+                    if stop is not None:
+                        raise TrainingInterrupted(stop, s, path, self.out_dir)
+                    if due_sample and self.is_main:
+                        self.sample_grid()
         finally:
             bar.close()
             if self._writer is not None:
-                self._writer.flush()
+                with contextlib.suppress(Exception):
+                    self._writer.flush()
         return self.history[first_record:]
+
+    def _save_or_explain(self, keep: bool) -> Path | None:
+        """:meth:`save_checkpoint`; a failed write says where the run stopped and what is kept."""
+        previous = self.last_good_step
+        try:
+            return self.save_checkpoint(keep=keep)
+        except OutputError as exc:
+            self.last_good_step = previous
+            kept = (f"the checkpoint of step {previous} is intact" if previous is not None
+                    else "no checkpoint of this run was written")
+            raise OutputError(f"{exc}; training stopped at step {self.step} and {kept} (continue with --resume)") \
+                from exc
+
+    # --------------------------------------------------------------------------- interruption
+    @contextlib.contextmanager
+    def _handle_signals(self):
+        """Turn SIGINT/SIGTERM into a request to stop after the current update (main thread only).
+        The first signal restores the previous handler, so a second one acts at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {}
+
+        def on_signal(signum, frame):
+            self._signal = signum
+            signal.signal(signum, previous[signum])
+            if self.is_main:
+                name = signal.Signals(signum).name
+                print(f"{name} received: stopping after step {self.step + 1} with a checkpoint (send it again "
+                      "to stop at once)", file=sys.stderr, flush=True)
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, on_signal)
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _stop_requested(self) -> int | None:
+        """The signal number if any rank was asked to stop (all ranks agree, same step), else None."""
+        if self.world_size == 1:
+            return self._signal
+        if self._stop_group is None:
+            gloo = dist.get_backend() == "gloo"
+            self._stop_group = dist.group.WORLD if gloo else dist.new_group(backend="gloo")
+        flag = torch.tensor([self._signal or 0], dtype=torch.int64)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._stop_group)
+        return int(flag.item()) or None
 
     def close(self) -> None:
         """Close TensorBoard and, if this trainer initialised it, the process group."""

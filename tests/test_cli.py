@@ -60,7 +60,7 @@ def test_subcommand_help(cmd, expected, capsys):
         (["train", "--config", "tiny", "--data", "folder:{tmp}/missing", "--out", "{tmp}/r"], "image folder not found"),
         (["train", "--config", "tiny", "--data", "cifar10:{tmp}/nope", "--out", "{tmp}/r"], "CIFAR-10 not found under"),
         (["train", "--config", "tiny", "--set", "optim.learning_rate=1", "--out", "{tmp}/r"], "unknown field"),
-        (["train", "--config", "tiny", "--set", "model.dropout=2", "--out", "{tmp}/r"], "model.dropout must be"),
+        (["train", "--config", "tiny", "--set", "model.dropout=2", "--out", "{tmp}/r"], "model.dropout: must be"),
         (["train", "--config", "tiny", "--device", "cuda", "--out", "{tmp}/r"], "CUDA is not available"),
         (["train", "--config", "{tmp}/missing.json", "--out", "{tmp}/r"], "config file not found"),
         (["sample", "--checkpoint", "{tmp}/none.pt", "--out", "{tmp}/s"], "checkpoint not found"),
@@ -78,17 +78,22 @@ def test_bad_arguments_give_clear_errors(tmp_path, capsys, argv, message):
     assert code == 2 and err.startswith("error: ") and message in err, err
 
 
-def test_argparse_errors_exit_2(capsys):
-    for argv in (["train"], ["bogus"], ["sample", "--out", "x"], ["train", "--out", "x", "--threads", "0"]):
+def test_argparse_errors_exit_2_with_one_line(capsys):
+    for argv in (["bogus"], ["sample", "--out", "x"], ["train", "--out", "x", "--threads", "0"],
+                 ["evaluate", "--batch-size", "0"],
+                 ["sample", "--checkpoint", "c", "--out", "o", "--num-samples", "-1"]):
         with pytest.raises(SystemExit) as e:
             main(argv)
-        assert e.value.code == 2
-    capsys.readouterr()
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, (argv, err)
+        assert "--help" in err
+    assert main(["train"]) == 2  # --out is needed unless --print-config
+    assert capsys.readouterr().err.startswith("error: --out: required")
 
 
 def test_print_config(capsys):
-    assert main(["train", "--config", "tiny", "--out", "unused", "--lr", "3e-4", "--set", "model.dropout=0",
-                 "--print-config"]) == 0
+    assert main(["train", "--config", "tiny", "--lr", "3e-4", "--set", "model.dropout=0",
+                 "--print-config"]) == 0  # no --out needed
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["optim"]["lr"] == 3e-4 and cfg["model"]["dropout"] == 0.0 and cfg["model"]["unet"] == "tiny"
 

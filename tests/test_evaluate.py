@@ -47,7 +47,7 @@ def run(tmp_path_factory):
 def test_load_model_uses_the_ema_weights(run):
     path, tr = run
     model, diffusion, cfg, info = load_model(path)
-    assert info == {"path": str(path), "step": 3, "weights": "ema"}
+    assert info == {"path": str(path), "step": 3, "weights": "ema", "recipe": "checkpoint"}
     assert not model.training and diffusion.num_timesteps == 20 and cfg.model.unet == "tiny16"
     for a, b in zip(model.parameters(), tr.ema.parameters(), strict=True):
         assert torch.equal(a, b)
@@ -69,7 +69,7 @@ def test_load_converted_model(run, tmp_path):
     t = torch.tensor([0, 19])
     torch.testing.assert_close(model(x, t), tr.ema(x, t))
     learned = apply_overrides(tr.config, ["diffusion.model_var_type=learned_range", "diffusion.loss_type=hybrid"])
-    with pytest.raises(ValueError, match="outputs 3 channels but the diffusion"):
+    with pytest.raises(ValueError, match="outputs 3 channels but the recipe's diffusion"):
         load_model(st, config=learned)
     with pytest.raises(ValueError, match="not found"):
         load_model(tmp_path / "missing.safetensors")
@@ -78,8 +78,6 @@ def test_load_converted_model(run, tmp_path):
 
 
 def test_load_model_from_a_folder_or_with_a_sibling_config(run, tmp_path):
-    import warnings as w
-
     from ddpm_ref.config import save_config
     from ddpm_ref.convert import save_unet
 
@@ -95,14 +93,35 @@ def test_load_model_from_a_folder_or_with_a_sibling_config(run, tmp_path):
     assert info["path"] == str(path) and info["weights"] == "ema"
     # config as a path or preset name
     assert load_model(folder / "ema.safetensors", config=folder / "config.json")[1].num_timesteps == 20
-    # no config anywhere: the paper's recipe, with a warning
+    # no recipe anywhere: refused (a guessed schedule would give wrong samples silently)
     alone = save_unet(tr.ema, tmp_path / "alone" / "m.safetensors")
-    with w.catch_warnings(record=True) as rec:
-        w.simplefilter("always")
-        assert load_model(alone)[1].num_timesteps == 1000
-    assert any("no config for" in str(r.message) for r in rec)
+    with pytest.raises(ValueError, match=r"m\.safetensors: records no diffusion recipe .*pass --config"):
+        load_model(alone)
+    assert load_model(alone, config="cifar10")[1].num_timesteps == 1000  # unless one is given
     with pytest.raises(ValueError, match="directory without ema.safetensors"):
         load_model(tmp_path / "alone")
+
+
+def test_recipe_in_the_file_and_no_ema(run, tmp_path):
+    """A .safetensors carrying its recipe needs no other file; --no-ema is honoured only where raw
+    weights exist (a folder's raw.safetensors, a training checkpoint), refused elsewhere."""
+    from ddpm_ref.convert import save_unet
+
+    path, tr = run
+    folder = tmp_path / "f"
+    save_unet(tr.ema, folder / "ema.safetensors", recipe=tr.config, weights="ema")
+    model, diffusion, cfg, info = load_model(folder)
+    assert diffusion.num_timesteps == 20 and info["recipe"] == "file" and info["weights"] == "ema"
+    with pytest.raises(ValueError, match="holds only EMA weights.*drop --no-ema"):
+        load_model(folder, use_ema=False)
+    with pytest.raises(ValueError, match="holds EMA weights, and --no-ema needs the raw ones"):
+        load_model(folder / "ema.safetensors", use_ema=False)
+    save_unet(tr.model, folder / "raw.safetensors", recipe=tr.config, weights="raw")
+    raw, _, _, info = load_model(folder, use_ema=False)
+    assert info["weights"] == "raw" and info["path"].endswith("raw.safetensors")
+    for a, b in zip(raw.parameters(), tr.model.parameters(), strict=True):
+        assert torch.equal(a, b.detach())
+    assert any(not torch.equal(a, b) for a, b in zip(raw.parameters(), model.parameters(), strict=True))
 
 
 def test_bpd_breakdown_adds_up_and_matches_calc_bpd_loop(run):
@@ -197,7 +216,7 @@ def test_save_and_load_samples(tmp_path):
     np.savez(tmp_path / "other.npz", arr=x)
     assert np.array_equal(load_samples(tmp_path / "other.npz"), x)
     np.savez(tmp_path / "bad.npz", a=np.zeros(3))
-    with pytest.raises(ValueError, match="expected an 'images' array"):
+    with pytest.raises(ValueError, match="no 'images' array"):
         load_samples(tmp_path / "bad.npz")
     with pytest.raises(ValueError, match="not found"):
         load_samples(tmp_path / "none.npz")
@@ -213,7 +232,7 @@ def test_reference_statistics_refuse_lossy_folders(tmp_path):
         Image.fromarray(img).save(tmp_path / "jpg" / "cat" / f"{i}.jpg", quality=75)
     with pytest.raises(ValueError, match="not pixel-exact"):
         reference_statistics(f"folder:{tmp_path / 'jpg'}", progress=False)
-    with pytest.raises(ValueError, match="num_images must lie"):
+    with pytest.raises(ValueError, match="--num-images 1: must lie"):
         reference_statistics("sample:test", num_images=1, progress=False)
 
 
@@ -230,3 +249,28 @@ def test_fid_of_a_set_against_its_own_statistics_is_zero(tmp_path, real_inceptio
     assert compute_fid(images, path, batch_size=n, progress=False, weights=weights) == pytest.approx(0.0, abs=1e-3)
     other = load_sample("train")[0][:n]
     assert compute_fid(other, stats, batch_size=n, progress=False, weights=weights) > 1e-2
+
+
+@pytest.mark.parametrize("T, K", [(1000, 1000), (1000, 50), (1000, 10), (20, 5), (100, 2)])
+def test_ddim_max_eta_is_where_sigma_reaches_the_direction_budget(T, K):
+    """DDIM eq. 12 needs sigma_t^2 <= 1 - abar_{t-1} at every step; with sigma_t from DDIM eq. 16 computed
+    directly here, eta_max is the largest eta that keeps it (just below: all steps fit; just above: one does
+    not), and eta <= 1 always fits. generate_samples refuses an eta above it."""
+    from ddpm_ref import make_diffusion
+    from ddpm_ref.sampling import ddim_max_eta, respace
+
+    d = make_diffusion("linear", T)
+    proc = d if K == T else respace(d, f"ddim{K}")
+    ab, prev = np.asarray(proc.alphas_cumprod), np.asarray(proc.alphas_cumprod_prev)
+
+    def worst(eta):  # max over steps of sigma_t^2 - (1 - abar_{t-1})
+        sigma2 = eta**2 * (1 - prev) / (1 - ab) * (1 - ab / prev)
+        return float(np.max(sigma2 - (1 - prev)))
+
+    e = ddim_max_eta(proc)
+    assert e >= 1.0 and worst(1.0) <= 0
+    assert worst(e * (1 - 1e-9)) <= 1e-15 and worst(e * (1 + 1e-6)) > 0
+    model = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    with pytest.raises(ValueError, match="--eta"):
+        generate_samples(model, d, 1, sampler="ddim", steps=K, spacing="stride", eta=e * 1.001, image_size=4,
+                         progress=False)

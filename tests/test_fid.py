@@ -231,9 +231,9 @@ def test_statistics_roundtrip_and_validation(tmp_path):
         20, "unit test", True, fid.DEFAULT_EXTRACTOR,
     )
     np.savez(tmp_path / "bad.npz", mu=st.mu)
-    with pytest.raises(ValueError, match="missing arrays"):
+    with pytest.raises(ValueError, match=r"bad\.npz: lacks \["):
         fid.load_statistics(tmp_path / "bad.npz")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ValueError, match="FID statistics file not found"):
         fid.load_statistics(tmp_path / "none.npz")
     with pytest.raises(ValueError, match=".npz"):
         fid.save_statistics(tmp_path / "ref.pkl", st)
@@ -268,7 +268,7 @@ def test_lossy_sources_are_refused(tiny_weights):
 
 
 def test_load_inception_errors(tmp_path, monkeypatch):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ValueError, match=r"missing\.pt: feature network not found"):
         fid.load_inception(tmp_path / "missing.pt")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not torchscript")

@@ -331,7 +331,7 @@ def test_generate_samples_with_the_ode_sampler():
     [
         (["--sampler", "ode", "--rtol", "0"], "--rtol 0.0: a solver tolerance must be a positive number"),
         (["--sampler", "ode", "--atol", "-0.001"], "--atol -0.001: a solver tolerance must be a positive number"),
-        (["--sampler", "ode", "--eta", "0"], "--eta with --sampler ode"),
+        (["--sampler", "ode", "--eta", "0"], "--eta: applies to --sampler ddim only"),
         (["--sampler", "ode", "--steps", "50"], "--steps with --sampler ode"),
         (["--sampler", "ddim", "--steps", "10", "--rtol", "1e-3"], "--rtol with --sampler ddim"),
         (["--atol", "1e-3"], "--atol with --sampler ancestral"),

@@ -191,7 +191,7 @@ def test_cli_refuses_a_spacing_that_misses_the_top_in_one_line(model_dir, tmp_pa
         (["--steps", "64", "--spacing", "stride"], "no integer stride keeps exactly 64 of 1000 steps"),
         (["--steps", "30", "--spacing", "leading"], "the kept steps end at t = 957, 42 steps below"),
         (["--steps", "1", "--spacing", "linspace"], "use --spacing trailing (ending at t = 999)"),
-        (["--sampler", "ddim", "--steps", "10", "--eta", "3"], "eta = 3 is too large for DDIM"),
+        (["--sampler", "ddim", "--steps", "10", "--eta", "3"], "--eta 3: with 10 DDIM steps"),
     ],
 )
 def test_cli_bad_spacing_or_eta(model_dir, tmp_path, capsys, extra, message):
