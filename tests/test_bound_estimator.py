@@ -273,3 +273,73 @@ def _oracle_on(d, base, x0):
         return (x_t - a.sqrt() * x0) / (1.0 - a).sqrt()
 
     return model
+
+
+# ------------------------------------------------------------------------------------------ evaluate / CLI
+CKPT = "checkpoints/tiny_cifar10"
+
+
+def test_evaluate_bpd_with_t_samples_is_estimate_bpd_per_batch(repo_root):
+    from ddpm_ref.data import from_uint8, load_sample
+    from ddpm_ref.evaluate import _SEED_BPD, evaluate_bpd, load_model
+    from ddpm_ref.train import derive_seed
+
+    model, diffusion, _, _ = load_model(repo_root / CKPT)
+    images = load_sample("test")[0][:3]
+    res = evaluate_bpd(model, diffusion, images, batch_size=2, t_samples=3, seed=5, progress=False)
+    assert res["estimator"].startswith("stratified") and res["t_samples"] == 3 and "per_t" not in res
+    g = torch.Generator().manual_seed(derive_seed(5, _SEED_BPD, 1))  # the second batch: image 2
+    direct = diffusion.estimate_bpd(model, from_uint8(images[2:3]), t_samples=3, generator=g)
+    for k, v in direct.items():
+        assert np.allclose(res["per_image"][k][2], v.numpy()[0], rtol=1e-12), k
+    assert math.isclose(res["bpd"], res["per_image"]["total_bpd"].mean(), rel_tol=1e-12)
+    full = evaluate_bpd(lambda x, t: torch.zeros_like(x), make_diffusion("linear", 10), images[:1], progress=False)
+    assert full["estimator"] == "full" and full["t_samples"] is None and full["per_t"]["terms_bpd"].shape == (10,)
+    with pytest.raises(ValueError, match="t_samples must lie in"):
+        evaluate_bpd(model, diffusion, images, t_samples=1000, progress=False)
+
+
+def test_cli_evaluate_bpd_with_t_samples(repo_root, tmp_path, capsys):
+    import json
+
+    from ddpm_ref.__main__ import main
+
+    out = tmp_path / "ev"
+    assert main(["evaluate", "--metric", "bpd", "--checkpoint", str(repo_root / CKPT), "--data", "sample",
+                 "--num-images", "3", "--t-samples", "4", "--out", str(out), "--no-progress"]) == 0
+    line = capsys.readouterr().out
+    assert "over 3 images" in line and "unbiased estimate from K=4 sampled KL terms per image" in line
+    rec = json.loads((out / "bpd.json").read_text())
+    assert rec["t_samples"] == 4 and rec["estimator"].startswith("stratified importance sampling")
+    assert rec["num_images"] == 3 and rec["bpd_estimator_stderr"] > 0 and rec["bpd_stderr"] > 0
+    with np.load(out / "bpd.npz") as f:
+        assert f["image_total_bpd_stderr"].shape == (3,) and "t_terms_bpd" not in f.files
+        assert math.isclose(float(f["image_total_bpd"].mean()), rec["bpd"], rel_tol=1e-12)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--t-samples", "0"], "error: --t-samples 0: at least one KL term must be sampled; pass --t-samples K"),
+    (["--t-samples", "-3"], "error: --t-samples -3: at least one KL term must be sampled"),
+    (["--t-samples", "1000"], "error: --t-samples 1000: the bound has T-1 = 999 KL terms to sample from; "
+                              "pass --t-samples between 1 and 999"),
+    (["--t-samples", "8", "--metric", "fid", "--samples", "x.npz", "--ref-stats", "y.npz"],
+     "error: --t-samples 8: it applies to --metric bpd only; drop it for --metric fid"),
+])
+def test_cli_bad_t_samples(repo_root, tmp_path, capsys, extra, message):
+    from ddpm_ref.__main__ import main
+
+    code = main(["evaluate", "--checkpoint", str(repo_root / CKPT), "--data", "sample", "--num-images", "2",
+                 "--out", str(tmp_path / "o"), "--no-progress", *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(message) and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_bad_t_samples_in_a_subprocess_is_one_line(repo_root, tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "ddpm_ref", "evaluate", "--checkpoint", str(repo_root / CKPT),
+                           "--t-samples", "0", "--no-progress"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: --t-samples 0")
+    assert "Traceback" not in proc.stderr
