@@ -31,6 +31,7 @@ import numpy as np
 __all__ = [
     "auc",
     "auc_stderr",
+    "auc_null_stderr",
     "roc_curve",
     "shuffle_pixels",
     "invert",
@@ -40,6 +41,7 @@ __all__ = [
     "jpeg",
     "png_bits_per_dim",
     "typicality_score",
+    "typicality_score_loo",
     "complexity_ratio_score",
 ]
 
@@ -96,6 +98,17 @@ def auc_stderr(scores_neg, scores_pos) -> float:
     psi = _psi(neg, pos)
     v_pos, v_neg = psi.mean(axis=0), psi.mean(axis=1)
     return float(math.sqrt(v_pos.var(ddof=1) / pos.size + v_neg.var(ddof=1) / neg.size))
+
+
+def auc_null_stderr(n_neg: int, n_pos: int) -> float:
+    """Standard error of :func:`auc` when both groups come from one continuous distribution:
+    sqrt((n + m + 1) / (12 n m)) (the Mann-Whitney null variance, no ties). An AUC further than
+    4 of these from 1/2 is a detection (or a reversed one) that chance does not explain."""
+    for name, v in (("n_neg", n_neg), ("n_pos", n_pos)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    n, m = int(n_neg), int(n_pos)
+    return math.sqrt((n + m + 1) / (12.0 * n * m))
 
 
 def roc_curve(scores_neg, scores_pos) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -234,6 +247,17 @@ def typicality_score(bpd, reference_bpd) -> np.ndarray:
     b = _scores("bpd", bpd)
     ref = _scores("reference_bpd", reference_bpd)
     return np.abs(b - ref.mean())
+
+
+def typicality_score_loo(bpd) -> np.ndarray:
+    """:func:`typicality_score` of held-out in-distribution examples scored against each other:
+    |bpd_i - mean_{j != i} bpd_j| (leave one out), so that no example is compared with a mean it
+    contributed to. Needs at least two values."""
+    b = _scores("bpd", bpd)
+    if b.size < 2:
+        raise ValueError(f"leave-one-out needs >= 2 values, got {b.size}")
+    others = (b.sum() - b) / (b.size - 1)
+    return np.abs(b - others)
 
 
 def complexity_ratio_score(bpd, complexity_bpd) -> np.ndarray:

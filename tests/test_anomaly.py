@@ -71,6 +71,15 @@ def test_auc_stderr_closed_form_for_a_small_case():
     assert abs(anomaly.auc_stderr(neg, pos) - want) < 1e-15
 
 
+def test_auc_null_stderr_is_the_spread_under_no_difference():
+    assert abs(anomaly.auc_null_stderr(32, 32) - math.sqrt(65 / (12 * 32 * 32))) < 1e-15
+    rng = np.random.default_rng(6)
+    aucs = [anomaly.auc(rng.standard_normal(20), rng.standard_normal(12)) for _ in range(2000)]
+    se = anomaly.auc_null_stderr(20, 12)
+    assert abs(np.mean(aucs) - 0.5) < 4 * se / math.sqrt(2000)
+    assert abs(np.std(aucs, ddof=1) / se - 1) < 4 * math.sqrt(1 / (2 * 1999))
+
+
 # ------------------------------------------------------------------------------- distortions
 def test_shuffle_pixels_keeps_each_images_pixels(images):
     out = anomaly.shuffle_pixels(images, 0)
@@ -140,6 +149,8 @@ def test_remedies():
     ref = np.array([3.0, 4.0, 5.0])
     assert np.array_equal(anomaly.typicality_score([2.0, 4.0, 7.0], ref), [2.0, 0.0, 3.0])
     assert np.array_equal(anomaly.complexity_ratio_score([3.0, 2.0], [1.0, 2.5]), [2.0, -0.5])
+    b = np.array([1.0, 2.0, 6.0])  # leave one out: means of the others 4, 3.5, 1.5
+    assert np.allclose(anomaly.typicality_score_loo(b), [3.0, 1.5, 4.5], rtol=0, atol=1e-15)
 
 
 def test_bad_inputs_raise_clear_value_errors(images):
@@ -156,6 +167,8 @@ def test_bad_inputs_raise_clear_value_errors(images):
         (lambda: anomaly.jpeg(images, 100), "quality"),
         (lambda: anomaly.invert(images[..., 0]), "shape"),
         (lambda: anomaly.complexity_ratio_score([1.0], [1.0, 2.0]), "same shape"),
+        (lambda: anomaly.typicality_score_loo([1.0]), ">= 2"),
+        (lambda: anomaly.auc_null_stderr(0, 3), "n_neg"),
     ]
     for fn, match in cases:
         with pytest.raises(ValueError, match=match):
