@@ -129,7 +129,7 @@ def roc_curve(scores_neg, scores_pos) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 # ------------------------------------------------------------------------------- distortions
 def _images(images) -> np.ndarray:
-    from .data import _as_uint8_nhwc
+    from .data.pixels import _as_uint8_nhwc
 
     return _as_uint8_nhwc(images)
 
