@@ -512,6 +512,58 @@ def test_browser_check_accepts_blocks_that_fit(tmp_path, browser):
     assert report.ok and report.width == [], report.problems
 
 
+# A stand-in for Sphinx's search page: like searchtools.js it adds the results one at a time
+# (here two at once, then a pause, then eight more 30 ms apart), each passage a moment after its
+# result, and prints "Search finished, found N page(s) ..." only after the last one.
+SLOW_SEARCH_PAGE = """<!DOCTYPE html><html lang="en"><head><title>search</title></head><body>
+<div id="search-results"></div>
+<script>
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+(async () => {
+  const out = document.getElementById('search-results');
+  out.appendChild(document.createElement('h2')).textContent = 'Searching';
+  const status = out.appendChild(document.createElement('p'));
+  status.classList.add('search-summary');
+  const list = out.appendChild(document.createElement('ul'));
+  list.classList.add('search');
+  const total = %(total)d;
+  for (let i = 0; i < total; i++) {
+    const li = list.appendChild(document.createElement('li'));
+    const a = li.appendChild(document.createElement('a'));
+    a.href = `page${i}.html`; a.textContent = `Page ${i}`;
+    Promise.resolve().then(() => {
+      const p = li.appendChild(document.createElement('p'));
+      p.className = 'context'; p.textContent = `... the posterior variance, page ${i} ...`;
+    });
+    await sleep(i === 1 ? 600 : 30);
+  }
+  if (%(finish)s) status.innerText = total
+    ? `Search finished, found ${total} page(s) matching the search query.`
+    : 'Your search did not match any documents.';
+})();
+</script></body></html>"""
+
+
+def test_search_waits_until_sphinx_has_finished(tmp_path, browser):
+    """The search helper reads the results only once the page says the search finished: Sphinx
+    shows them one at a time, and a probe that stopped as soon as the results shown so far each
+    had a passage returned 2 of 19 results in 2 of 5 runs."""
+    page = tmp_path / "search.html"
+    page.write_text(SLOW_SEARCH_PAGE % {"total": 10, "finish": "true"}, encoding="utf8")
+    results = browser.search(page, "posterior variance")
+    assert len(results) == 10, results  # the old probe returned the first 2
+    assert results.found == 10
+    assert all("posterior variance" in r["passage"] for r in results)
+    assert results.summary.startswith("Search finished, found 10 page(s)")
+    none = tmp_path / "nothing.html"
+    none.write_text(SLOW_SEARCH_PAGE % {"total": 0, "finish": "true"}, encoding="utf8")
+    assert browser.search(none, "zzz") == [] and browser.search(none, "zzz").found == 0
+    stuck = tmp_path / "stuck.html"
+    stuck.write_text(SLOW_SEARCH_PAGE % {"total": 3, "finish": "false"}, encoding="utf8")
+    with pytest.raises(check_book_html.BrowserError, match="did not finish"):
+        browser.search(stuck, "posterior variance", timeout=2)
+
+
 def test_width_switch_patterns(monkeypatch):
     patterns = check_book_html.width_patterns
     assert patterns("all") == ["*"] and patterns("none") == [] and patterns("book/*, notebooks/02_*") == [
@@ -648,7 +700,7 @@ def test_execution_report_lists_every_chapter(book_reports):
 def test_search_shows_passages_offline(browser, book_reports):
     """The search page (opened from disk) lists matching pages WITH the matching passage."""
     results = browser.search(HTML_DIR / "search.html", "posterior variance")
-    assert len(results) >= 3
+    assert results.summary.startswith("Search finished") and len(results) == results.found >= 3
     with_passage = [r for r in results if "posterior" in r["passage"].lower()]
     assert len(with_passage) >= 3, results[:3]
     assert any(r["href"].startswith("notebooks/02_posterior") for r in results)

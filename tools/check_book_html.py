@@ -378,23 +378,53 @@ AXE_RUN_JS = r"""
 """
 
 
-# Runs on the search page opened with ?q=...: waits until every result shows its passage.
+# Runs on the search page opened with ?q=...: waits until Sphinx's searchtools.js has finished
+# (its summary line says "Search finished, found N page(s) ..." or "did not match"), then until
+# every listed result has its passage. Sphinx adds the results ONE AT A TIME (a 5-ms timer per
+# result) and each passage later still (a fetch per result), so neither "some results, each
+# with a passage" nor "no change for a while" means the search is done: only the summary does.
+# Returns {finished, summary, found, items}; ``found`` is the count the summary states.
 SEARCH_PROBE_JS = r"""
 (async () => {
   const deadline = Date.now() + %(ms)d;
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
   const items = () => Array.from(document.querySelectorAll('#search-results li'));
-  while (Date.now() < deadline) {
+  const summaryEl = () => document.querySelector('#search-results p.search-summary');
+  const summary = () => ((summaryEl() || {}).textContent || '').trim();
+  const finished = () => /Search finished|did not match/.test(summary());
+  while (Date.now() < deadline && !finished()) await sleep(50);
+  const done = finished();
+  // the passages arrive after the summary (one fetch per result): wait for each of them, or
+  // until they stop coming (a result without text to cut a passage from never gets one)
+  let last = -1, stableSince = Date.now();
+  while (done && Date.now() < deadline) {
     const its = items();
-    if (its.length && its.every((li) => li.querySelector('p.context'))) break;
-    if (document.querySelector('#search-results > p.search-summary, #search-results p')
-        && /did not match/.test(document.querySelector('#search-results').textContent)) break;
-    await sleep(100);
+    const withPassage = its.filter((li) => li.querySelector('p.context')).length;
+    if (withPassage === its.length) break;
+    if (withPassage !== last) { last = withPassage; stableSince = Date.now(); }
+    else if (Date.now() - stableSince > 1000) break;
+    await sleep(50);
   }
-  return items().map((li) => ({ title: li.querySelector('a').textContent,
-    href: li.querySelector('a').getAttribute('href'),
-    passage: (li.querySelector('p.context') || { textContent: '' }).textContent }));
+  const m = summary().match(/found (\d+) page/);
+  return {
+    finished: done,
+    summary: summary(),
+    found: m ? parseInt(m[1], 10) : (/did not match/.test(summary()) ? 0 : null),
+    items: items().map((li) => ({ title: (li.querySelector('a') || { textContent: '' }).textContent,
+      href: (li.querySelector('a') || { getAttribute: () => '' }).getAttribute('href'),
+      passage: (li.querySelector('p.context') || { textContent: '' }).textContent })),
+  };
 })()"""
+
+
+class SearchResults(list):
+    """The results a search page listed (each ``{"title", "href", "passage"}``), with the
+    summary line Sphinx printed when it finished (``summary``) and the count it states."""
+
+    def __init__(self, items, summary: str = "", found: int | None = None):
+        super().__init__(items)
+        self.summary = summary
+        self.found = found
 
 
 @dataclass
@@ -731,8 +761,11 @@ class Chromium:
             more = f" (+{len(v['nodes']) - 3} more)" if len(v["nodes"]) > 3 else ""
             report.problems.append(f"accessibility ({mode}, {v['impact']}): {v['id']}: {v['help']}: {where}{more}")
 
-    def search(self, search_page: Path, query: str, timeout: float = 30.0) -> list[dict]:
-        """Run the book's own search page on ``query``; each result's title and passage."""
+    def search(self, search_page: Path, query: str, timeout: float = 30.0) -> SearchResults:
+        """Run the book's own search page on ``query``: every result's title, link and passage,
+        read once Sphinx has FINISHED the search (its summary line), not while it is still
+        adding results. Raises BrowserError if the search did not finish within ``timeout`` or
+        listed another number of results than its summary states."""
         url = Path(search_page).resolve().as_uri() + "?q=" + query
         target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
@@ -743,8 +776,17 @@ class Chromium:
             js = SEARCH_PROBE_JS % {"ms": int(timeout * 1000)}
             result = self.send("Runtime.evaluate", {"expression": js, "awaitPromise": True, "returnByValue": True},
                                session=session, timeout=timeout + 10)
-            return result["result"].get("value") or []
+            found = result["result"].get("value")
+            if not found or not found["finished"]:
+                summary = (found or {}).get("summary", "")
+                raise BrowserError(f"the search for {query!r} did not finish within {timeout:.0f} s "
+                                   f"(summary line: {summary!r})")
+            if found["found"] is not None and found["found"] != len(found["items"]):
+                raise BrowserError(f"the search for {query!r} listed {len(found['items'])} results but its "
+                                   f"summary says: {found['summary']!r}")
+            return SearchResults(found["items"], found["summary"], found["found"])
         finally:
+            self.take_events(session)
             self.send("Target.closeTarget", {"targetId": target})
 
     def _failed_requests_and_exceptions(self, session: str) -> list[str]:
