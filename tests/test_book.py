@@ -512,6 +512,65 @@ def test_browser_check_accepts_blocks_that_fit(tmp_path, browser):
     assert report.ok and report.width == [], report.problems
 
 
+# The theme's rules for a numbered display equation (pydata-sphinx-theme 0.16): the math div is a
+# row-reversed flexbox with the number first, the mjx-container grows into the rest and scrolls.
+THEME_MATH_CSS = ("<style>div.math { display: flex; flex-direction: row-reverse; gap: .5em; "
+                  "align-items: center; max-width: 100%; overflow: hidden; } "
+                  "div.math mjx-container { flex-grow: 1; overflow: auto; } "
+                  "span.eqno { display: inline-block; width: 62px; }</style>")
+
+
+def _book_css() -> str:
+    return f'<link rel="stylesheet" href="{(REPO / "book" / "_static" / "ddpm_book.css").as_uri()}">'
+
+
+def test_browser_check_measures_a_numbered_equation_beside_its_number(tmp_path, browser):
+    """A numbered equation's mjx-container sits beside the number, about 70 px narrower than the
+    math div around both (ch05's eq. 13: 971 px of formula in a 906-px box, inside a 977-px div).
+    The formula is measured against the box that scrolls, the mjx-container itself: an equation
+    that fits the div but not the space beside its number is reported, the same formula without
+    a number is not, and a shorter numbered one is not."""
+    body = (THEME_MATH_CSS + _book_css() + '<article class="bd-article" style="width: 600px">'
+            '<div class="math notranslate nohighlight" id="equation-wide"><span class="eqno">(5.1)</span>'
+            r'\[a_{\mathrm{wide}} + \hspace{490px} b\]</div>'
+            '<div class="math notranslate nohighlight" id="equation-short"><span class="eqno">(5.2)</span>'
+            r'\[a_{\mathrm{short}} + \hspace{380px} b\]</div>'
+            r'<div class="math notranslate nohighlight">\[a_{\mathrm{plain}} + \hspace{490px} b\]</div>'
+            '</article>')
+    report = browser.check_page(_page(tmp_path, "numbered.html", body), enforce_width=True)
+    desktop = [o for o in report.width if o.viewport == "1280x800"]
+    assert len(desktop) == 1, report.width
+    assert desktop[0].kind == "equation" and r"a_{\mathrm{wide}}" in desktop[0].snippet
+    need, have = map(int, re.search(r"content (\d+) px > box (\d+) px", desktop[0].why).groups())
+    assert 530 < need < 590 and have < 600 - 62 and need > have  # fits the div, not beside its number
+    assert any(r"a_{\mathrm{wide}}" in p and "does not fit" in p for p in report.problems)
+
+
+def test_browser_check_measures_code_blocks_in_cell_outputs(tmp_path, browser):
+    """A cell's Markdown output may show code blocks (chapter 9 prints the shell commands to run)
+    and tables: they are measured like any code block or table (kind "output"), once each."""
+    command = "python -m ddpm_ref train --config cifar10 --data cifar10:data/cifar10 " + "--flag value " * 10
+    cells = "".join(f"<td style='white-space: nowrap'>column number {i} of the table</td>" for i in range(8))
+    body = ('<article class="bd-article" style="width: 600px">'
+            '<div class="cell_output docutils container">'
+            '<div class="output stream highlight-myst-ansi"><div class="highlight"><pre>printed: ok</pre></div></div>'
+            '<p><strong>train, 1 GPU</strong></p>'
+            '<div class="highlight-bash notranslate"><div class="highlight">'
+            f'<pre style="overflow-x: auto">{command}</pre></div></div>'
+            '<div class="highlight-bash notranslate"><div class="highlight">'
+            '<pre style="overflow-x: auto">python -m ddpm_ref sample --help</pre></div></div>'
+            '<div class="pst-scrollable-table-container" style="overflow-x: auto">'
+            f'<table><tr>{cells}</tr></table></div>'
+            '</div></article>')
+    report = browser.check_page(_page(tmp_path, "outputs.html", body, mathjax=False), enforce_width=True)
+    desktop = [o for o in report.width if o.viewport == "1280x800"]
+    assert sorted(o.kind for o in desktop) == ["output", "output"], report.width
+    assert any("python -m ddpm_ref train" in o.snippet and "1 lines" in o.snippet for o in desktop)
+    assert any("column number 0" in o.snippet for o in desktop)
+    assert not any("sample --help" in o.snippet or "printed: ok" in o.snippet for o in report.width)
+    assert sum("does not fit" in p for p in report.problems) == len(report.width)
+
+
 # A stand-in for Sphinx's search page: like searchtools.js it adds the results one at a time
 # (here two at once, then a pause, then eight more 30 ms apart), each passage a moment after its
 # result, and prints "Search finished, found N page(s) ..." only after the last one.
