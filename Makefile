@@ -171,11 +171,15 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest tests -m slow
 
 # The whole book as one PDF: Jupyter Book's LaTeX builder (xelatex through latexmk) on the
-# stored outputs, with Debian's TeX Live installed by `make tex`.
+# stored outputs, with Debian's TeX Live installed by `make tex`. --all: every page is read
+# afresh for LaTeX. Jupyter Book keeps ONE Sphinx environment (_build/.doctrees) for all its
+# builders, so without it a PDF built right after an HTML build (`make book-stored`, which
+# `make test` runs) reused the pages as the HTML build had read them: whether the PDF came out
+# right depended on which build ran last.
 pdf: $(STAMP) tex
 	$(BIN)/python tools/book_config.py _config.yml $(STORED_CONFIG)
 	rm -rf _build/latex   # Sphinx's LaTeX Makefile builds every .tex it finds there
-	$(BIN)/jupyter-book build . --builder pdflatex --config $(STORED_CONFIG)
+	$(BIN)/jupyter-book build . --builder pdflatex --all --config $(STORED_CONFIG)
 	@ls -l _build/latex/*.pdf
 
 # JupyterLab on this machine's .venv (as root it needs --allow-root; headless: see README)

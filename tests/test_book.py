@@ -370,6 +370,70 @@ def test_no_root_static_folder_with_scripts():
     assert not static.exists() or not list(static.rglob("*.js"))
 
 
+def _load_ext(name: str):
+    spec = importlib.util.spec_from_file_location(f"ddpm_book_ext_{name}", REPO / "book" / "_ext" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fake_app(fmt: str):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(builder=SimpleNamespace(format=fmt), config=SimpleNamespace(math_number_all=False))
+
+
+def test_pdf_chapter_numbers_go_into_the_assembled_tree():
+    """The PDF's chapter-numbering switches are added to the LaTeX builder's assembled tree (one
+    start_of_file per page) on every LaTeX build, not when a page is read: the pages may have
+    been read by an HTML build (one environment for all builders), which adds nothing."""
+    from docutils import nodes
+    from sphinx import addnodes
+
+    reader = _load_ext("book_reader")
+    tree = nodes.document(None, None)
+    for doc in ("book/notation", "book/reading_guide", "notebooks/01_forward_process", "notebooks/02_posterior",
+                "book/glossary"):
+        part = addnodes.start_of_file(docname=doc)
+        part += nodes.section()
+        tree += part
+    reader._latex_chapter_numbers(_fake_app("html"), tree, "book/intro")
+    assert not list(tree.findall(nodes.raw))
+    reader._latex_chapter_numbers(_fake_app("latex"), tree, "book/intro")
+    raw = {n.parent["docname"]: n.astext() for n in tree.findall(nodes.raw)}
+    assert set(raw) == {"book/notation", "notebooks/01_forward_process", "book/glossary"}  # first of a part
+    assert r"\setcounter{secnumdepth}{-1}" in raw["book/notation"] and "-1" not in raw["notebooks/01_forward_process"]
+    assert all(isinstance(part.children[0], nodes.raw) for part in tree.findall(addnodes.start_of_file)
+               if part["docname"] in raw)
+
+
+def test_pdf_moves_tag_out_of_split():
+    r"""A display equation with \tag{eq. 14} (ch05) stopped `make pdf`: Sphinx's LaTeX wraps it in
+    split, where amsmath forbids \tag. For LaTeX the tag goes just before the outer \end."""
+    from docutils import nodes
+
+    fixes = _load_ext("ddpm_book_fixes")
+    tex = r"L = \mathbb E\big[\|\epsilon - \epsilon_\theta\|^2\big] \tag{eq. 14}"
+    out = fixes.latex_tag_outside(tex, None, False)
+    assert out.startswith(r"\begin{equation*}") and out.endswith("\\end{split}\n\\tag{eq. 14}\\end{equation*}")
+    assert out.count(r"\tag") == 1 and out.index(r"\tag") > out.index(r"\end{split}")
+    labelled = fixes.latex_tag_outside(tex, "equation:notebooks/05_x:ch05-eq14", False)
+    assert labelled.startswith(r"\begin{equation}\label{equation:notebooks/05_x:ch05-eq14}")
+    assert labelled.endswith(r"\tag{eq. 14}\end{equation}")
+    two_parts = fixes.latex_tag_outside("a = b\n\nc = d \\tag{7}", None, False)
+    assert two_parts.endswith(r"\end{aligned}\tag{7}\end{align*}")
+    assert fixes.latex_tag_outside("a = b", None, False) is None
+    assert fixes.latex_tag_outside(r"a \tag{1} \\ b \tag{2}", None, False) is None  # left to LaTeX
+    tree = nodes.document(None, None)
+    tree += nodes.math_block(tex, tex, docname="notebooks/05_x", label=None, nowrap=False)
+    tree += nodes.math_block("x = y", "x = y", docname="notebooks/05_x", label=None, nowrap=False)
+    fixes._latex_tags(_fake_app("html"), tree, "index")  # MathJax shows \tag as it is
+    assert [n.astext() for n in tree.findall(nodes.math_block)] == [tex, "x = y"]
+    fixes._latex_tags(_fake_app("latex"), tree, "index")
+    first, second = tree.findall(nodes.math_block)
+    assert first["nowrap"] and first.astext() == out and not second["nowrap"] and second.astext() == "x = y"
+
+
 def test_stored_outputs_config(tmp_path):
     out = tmp_path / "cfg.yml"
     assert book_config.main([str(REPO / "_config.yml"), str(out)]) == 0
@@ -834,11 +898,21 @@ def test_format_notebook_code_keeps_outputs(tmp_path):
 @pytest.mark.slow
 def test_make_pdf_builds_the_whole_book():
     """`make pdf` gives one PDF of the whole book: every chapter, numbered equations and
-    figures, and no unresolved reference (LaTeX prints those as "??")."""
+    figures, and no unresolved reference (LaTeX prints those as "??").
+
+    Jupyter Book keeps one Sphinx environment (_build/.doctrees) for all its builders, and the
+    PDF used to come out right only when the last build before it was a PDF build: after an HTML
+    build it reused the pages as read for HTML (chapters numbered from 3). So an HTML-family
+    build runs first here (dirhtml: it leaves _build/html alone), the order that failed."""
     import subprocess
 
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
+    config = REPO / "_build" / "_config.stored-outputs.yml"
+    assert book_config.main([str(REPO / "_config.yml"), str(config)]) == 0
+    html_first = subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", ".", "--builder",
+                                 "dirhtml", "--all", "--config", str(config)], cwd=REPO, capture_output=True, text=True)
+    assert html_first.returncode == 0, html_first.stdout[-3000:] + html_first.stderr[-3000:]
     run = subprocess.run(["make", "pdf"], cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     pdf = REPO / "_build" / "latex" / "book.pdf"
