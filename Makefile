@@ -30,8 +30,8 @@
 #
 # The width rules of the browser check (no equation, code cell or output wider than the column
 # at 1280 x 800; nothing clipped at 390 px) fail the pages named by DDPM_BOOK_ENFORCE_WIDTH
-# (comma-separated globs over toc names; default: the prose and generated pages, book/*); set
-# DDPM_BOOK_ENFORCE_WIDTH=all to enforce them everywhere, e.g. `make test DDPM_BOOK_ENFORCE_WIDTH=all`.
+# (comma-separated globs over toc names, or all/none; default: all, every page), e.g.
+# `make test DDPM_BOOK_ENFORCE_WIDTH="book/*,search,notebooks/0[1-4]_*"` while chapters are refitted.
 # `make width-report` lists every offender of every page in _build/width_report.json.
 #
 # Other targets: venv, chromium, node-deps, lint, check-notebooks, book-stored, unit, nbval,
