@@ -244,11 +244,16 @@ def build_parser() -> argparse.ArgumentParser:
     g_fid.add_argument("--samples", default=None, help=".npz of uint8 samples (from 'sample'); else generated")
     g_fid.add_argument("--num-samples", type=_positive_int, default=None,
                        help="samples to generate if --samples is not given (default 50000)")
-    g_fid.add_argument("--sampler", choices=("ancestral", "ddim"), default="ancestral",
-                       help="sampler for generation")
+    g_fid.add_argument("--sampler", choices=("ancestral", "ddim", "ode"), default="ancestral",
+                       help="sampler for generation (as in 'sample')")
     g_fid.add_argument("--steps", type=_positive_int, default=None,
-                       help="reverse steps for generation (default: all T; required for ddim)")
+                       help="reverse steps for generation (default: all T; required for ddim; none for ode)")
     g_fid.add_argument("--spacing", choices=_SPACINGS, default="trailing", help=_SPACING_HELP)
+    g_fid.add_argument("--eta", type=_nonnegative_float, default=None,
+                       help="DDIM eta for generation (default 0; only with --sampler ddim)")
+    g_fid.add_argument("--rtol", type=float, default=None,
+                       help="--sampler ode: relative tolerance of the solver (default 1e-3)")
+    g_fid.add_argument("--atol", type=float, default=None, help="--sampler ode: absolute tolerance (default 1e-3)")
     g_fid.add_argument("--ref-stats", default=None, help="reference statistics .npz (from 'fid-stats')")
     g_fid.add_argument("--ref-data", default=None, help="compute reference statistics from this data spec instead")
     g_fid.add_argument("--ref-split", default="train", help="split of --ref-data (default train, as the paper)")
@@ -354,6 +359,28 @@ def _check_steps(args, diffusion) -> None:
     T = diffusion.num_timesteps
     if args.steps is not None and args.steps > T:
         raise _usage(f"--steps {args.steps}: the model's diffusion has T = {T} steps; give --steps between 1 and {T}")
+
+
+def _check_inference_batch(cfg, batch: int, device, *, bf16: bool = False) -> None:
+    """Refuse a --batch-size whose network evaluations cannot fit in the memory available on ``device``
+    (a lower bound of the need, :func:`ddpm_ref._resources.inference_memory_estimate`, so a refusal is
+    never wrong), instead of the OOM killer ending the process without a message."""
+    import torch
+
+    from ._resources import available_memory, format_bytes, inference_memory_estimate
+
+    avail = available_memory(torch.device(device))
+    if avail is None:
+        return
+    kw = cfg.unet_kwargs()
+    need = inference_memory_estimate(kw, batch, bf16=bf16)
+    if need <= avail:
+        return
+    per = max(inference_memory_estimate(kw, 2, bf16=bf16) - inference_memory_estimate(kw, 1, bf16=bf16), 1)
+    raise _usage(f"--batch-size {batch}: one network evaluation on {batch} images needs at least {format_bytes(need)} "
+                 f"but only {format_bytes(avail)} of memory is available on {device}; use --batch-size "
+                 f"{max(int(avail // (2 * per)), 1)} or less (half of what the lower bound allows: measured needs "
+                 "reached 1.7 times it)")
 
 
 def _torchrun_cleanup(info) -> None:
@@ -468,6 +495,7 @@ def _cmd_sample(args) -> int:
                                                   config=_model_args(args))
         _check_steps(args, diffusion)
         _check_spacing(args, diffusion.num_timesteps)
+        _check_inference_batch(cfg, min(args.batch_size, args.num_samples), device, bf16=args.bf16)
         images = generate_samples(
             model, diffusion, args.num_samples, batch_size=args.batch_size, sampler=args.sampler, steps=args.steps,
             spacing=args.spacing, seed=args.seed, device=device, bf16=args.bf16, progress=not args.no_progress,
@@ -510,13 +538,18 @@ def _cmd_evaluate(args) -> int:
         for flag, given in (("--checkpoint", args.checkpoint is not None), ("--no-ema", args.no_ema),
                             ("--config", args.config is not None), ("--bf16", args.bf16),
                             ("--num-samples", args.num_samples is not None), ("--sampler", args.sampler != "ancestral"),
-                            ("--steps", args.steps is not None), ("--seed", args.seed != 0)):
+                            ("--steps", args.steps is not None), ("--seed", args.seed != 0),
+                            ("--eta", args.eta is not None), ("--rtol", args.rtol is not None),
+                            ("--atol", args.atol is not None)):
             if given:
                 raise _usage(f"{flag}: generates samples, but --samples gives them; drop one of the two")
     elif args.checkpoint is None:
         raise _usage("--metric fid: needs --samples, or --checkpoint to generate samples")
     if args.sampler == "ddim" and args.steps is None and args.samples is None:
         raise _usage("--sampler ddim: needs --steps K (e.g. 50 or 100)")
+    if args.eta is not None and args.sampler != "ddim":
+        raise _usage(f"--eta: applies to --sampler ddim only (the {args.sampler} sampler has no eta)")
+    args._sampler_opts = _sampler_options(args) if args.samples is None else {}
     _check_feature_weights(args.feature_weights)
     out = Path(args.out) if args.out else (Path(args.samples).parent if args.samples else _next_to(args.checkpoint))
     return _evaluate_fid(args, out)
@@ -544,6 +577,7 @@ def _evaluate_bpd(args, out: Path) -> int:
                 raise _usage(f"--num-images {args.num_images}: {spec} [{dinfo['split']}] has only "
                              f"{images.shape[0]} images")
             images = images[: args.num_images]
+        _check_inference_batch(cfg, min(args.batch_size or 64, images.shape[0]), device)
         result = evaluate_bpd(model, diffusion, images, batch_size=args.batch_size or 64, device=device,
                               seed=args.seed, progress=not args.no_progress, t_samples=args.t_samples)
         if info.is_main:
@@ -580,12 +614,15 @@ def _evaluate_fid(args, out: Path) -> int:
             _check_steps(args, diffusion)
             _check_spacing(args, diffusion.num_timesteps)
             num = args.num_samples or 50000
+            _check_inference_batch(cfg, min(args.batch_size or 256, num), device, bf16=args.bf16)
+            stats = {}
             samples = generate_samples(model, diffusion, num, batch_size=args.batch_size or 256,
                                        sampler=args.sampler, steps=args.steps, spacing=args.spacing, seed=args.seed,
-                                       device=device,
-                                       bf16=args.bf16, progress=not args.no_progress)
+                                       device=device, bf16=args.bf16, progress=not args.no_progress, stats=stats,
+                                       **args._sampler_opts)
             src = {"checkpoint": minfo, "sampler": args.sampler, "steps": args.steps,
-                   "spacing": args.spacing if args.steps else None, "seed": args.seed}
+                   "spacing": args.spacing if args.steps else None, "seed": args.seed, **args._sampler_opts,
+                   "nfe_per_batch": stats.get("nfe")}
         if not info.is_main:
             return 0
         if samples.shape[0] < 2:

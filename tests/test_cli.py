@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,6 +69,15 @@ def test_subcommand_help(cmd, expected, capsys):
         (["evaluate", "--out", "{tmp}/e"], "needs --checkpoint"),
         (["evaluate", "--checkpoint", "{tmp}/c.pt", "--bf16"], "bits/dim are computed in float32"),
         (["evaluate", "--metric", "fid", "--samples", "{tmp}/s.npz"], "exactly one of --ref-stats or --ref-data"),
+        (["evaluate", "--metric", "fid", "--checkpoint", "{tmp}/c.pt", "--ref-stats", "{tmp}/r.npz", "--sampler",
+          "ode", "--steps", "5"], "--steps with --sampler ode"),
+        (["evaluate", "--metric", "fid", "--checkpoint", "{tmp}/c.pt", "--ref-stats", "{tmp}/r.npz", "--eta", "0.5"],
+         "--eta: applies to --sampler ddim only"),
+        (["evaluate", "--metric", "fid", "--checkpoint", "{tmp}/c.pt", "--ref-stats", "{tmp}/r.npz", "--rtol", "1e-3"],
+         "--rtol with --sampler ancestral"),
+        (["evaluate", "--metric", "fid", "--samples", "{tmp}/s.npz", "--ref-stats", "{tmp}/r.npz", "--atol", "1e-3"],
+         "--atol: generates samples, but --samples gives them"),
+        (["evaluate", "--checkpoint", "{tmp}/c.pt", "--sampler", "ode"], "an FID option; it does not apply"),
         (["fid-stats", "--data", "folder:{tmp}/missing", "--out", "{tmp}/x.npz"], "image folder not found"),
         (["convert", "{tmp}/none.bin", "--out", "{tmp}/m.safetensors"], "does not exist"),
     ],
@@ -215,3 +225,91 @@ def test_no_option_is_swallowed_by_torchrun():
         if t.startswith(o)
     ]
     assert clashes == []
+
+
+TINY = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny_cifar10"
+
+
+@pytest.mark.parametrize("opts", [["--sampler", "ode", "--rtol", "1e-2", "--atol", "1e-2"],
+                                  ["--sampler", "ddim", "--steps", "4", "--eta", "0.5"]])
+def test_evaluate_fid_generates_with_every_sampler_option(tmp_path, capsys, toy_feature_net, opts):
+    """``evaluate --metric fid`` generating its own samples takes the same sampler options as ``sample``
+    (the ODE with its tolerances, DDIM with eta): its FID equals the FID of ``sample``'s images made with
+    those options, and differs from the FID of images made with the defaults (so the options reach the
+    sampler)."""
+    net = toy_feature_net
+    stats = tmp_path / "ref.npz"
+    assert main(["fid-stats", "--data", "sample:test", "--num-images", "20", "--out", str(stats),
+                 "--feature-weights", str(net), *COMMON]) == 0
+    gen = ["--checkpoint", str(TINY), "--num-samples", "3", "--batch-size", "3", "--seed", "1"]
+    assert main(["evaluate", "--metric", "fid", *gen, *opts, "--ref-stats", str(stats), "--feature-weights",
+                 str(net), "--out", str(tmp_path / "e"), *COMMON]) == 0
+    rec = json.loads((tmp_path / "e" / "fid.json").read_text())
+    assert rec["sampler"] == opts[1] and rec["num_samples"] == 3
+    if opts[1] == "ode":
+        assert rec["rtol"] == rec["atol"] == 1e-2 and len(rec["nfe_per_batch"]) == 1
+    else:
+        assert rec["eta"] == 0.5 and rec["steps"] == 4
+    fids = {}
+    for name, extra in (("same", opts), ("default", [o for o in opts if o != "0.5" and o != "--eta"
+                                                      and o != "1e-2" and o not in ("--rtol", "--atol")])):
+        assert main(["sample", *gen, *extra, "--out", str(tmp_path / name), *COMMON]) == 0
+        assert main(["evaluate", "--metric", "fid", "--samples", str(tmp_path / name / "samples.npz"),
+                     "--ref-stats", str(stats), "--feature-weights", str(net), *COMMON]) == 0
+        fids[name] = json.loads((tmp_path / name / "fid.json").read_text())["fid"]
+    capsys.readouterr()
+    assert abs(fids["same"] - rec["fid"]) < 1e-9
+    assert abs(fids["default"] - rec["fid"]) > 1e-6
+
+
+def test_sampling_batch_that_cannot_fit_is_refused(capsys, tmp_path):
+    """A --batch-size whose network evaluation needs more memory than the machine has is refused in one
+    line before any work (the OOM killer would end the run without a message): 100000 images of the tiny
+    U-Net need at least 125 GB."""
+    assert main(["sample", "--checkpoint", str(TINY), "--num-samples", "100000", "--batch-size", "100000",
+                 "--out", str(tmp_path / "s"), *COMMON]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --batch-size 100000: one network evaluation on 100000 images needs at least")
+    assert "use --batch-size" in err and not (tmp_path / "s" / "samples.npz").exists()
+
+
+def test_bpd_batch_checked_against_memory(monkeypatch, capsys, tmp_path):
+    """``evaluate --metric bpd`` checks its batch (capped at the number of images) the same way."""
+    from ddpm_ref import _resources
+
+    monkeypatch.setattr(_resources, "available_memory", lambda device: 4 * 2**20)
+    assert main(["evaluate", "--metric", "bpd", "--checkpoint", str(TINY), "--data", "sample:test",
+                 "--num-images", "8", "--batch-size", "64", "--out", str(tmp_path / "b"), *COMMON]) == 2
+    err = capsys.readouterr().err
+    assert "--batch-size 8: one network evaluation on 8 images needs at least" in err
+    assert "only 4.0 MB of memory is available" in err
+
+
+def test_inference_estimate_is_a_lower_bound_of_the_measured_peak():
+    """The sampling memory estimate (meta device, tensors alive at once) never exceeds what one forward
+    pass really needs: the process's new peak resident memory minus its resident memory just before the
+    pass (measured in a fresh subprocess); and it is not a vacuous bound (at least 40% of it)."""
+    from ddpm_ref._resources import inference_memory_estimate
+    from ddpm_ref.config import load_config
+
+    code = (
+        "import resource, torch\n"
+        "torch.set_num_threads(1)\n"
+        "from ddpm_ref.config import load_config\n"
+        "from ddpm_ref.unet import UNet\n"
+        "kw = load_config('tiny').unet_kwargs(); m = UNet(**kw).eval()\n"
+        "x = torch.randn(256, 3, 32, 32); t = torch.zeros(256, dtype=torch.long)\n"
+        "with torch.no_grad():\n"
+        "    m(x[:1], t[:1])\n"
+        "    peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+        "    now = int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize()\n"
+        "    y = m(x, t); del y\n"
+        "peak1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+        "assert peak1 > peak0, 'the forward pass did not set a new peak: no measurement'\n"
+        "print(peak1 - now)\n"
+    )
+    measured = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                  check=True).stdout.split()[-1])
+    est = inference_memory_estimate(load_config("tiny").unet_kwargs(), 256)
+    print(f"estimate {est / 2**20:.1f} MB, measured peak rise {measured / 2**20:.1f} MB")
+    assert 0.4 * measured <= est <= measured
