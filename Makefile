@@ -30,8 +30,8 @@
 #
 # The width rules of the browser check (no equation, code cell or output wider than the column
 # at 1280 x 800; nothing clipped at 390 px) fail the pages named by DDPM_BOOK_ENFORCE_WIDTH
-# (comma-separated globs over toc names; default: the prose and generated pages, book/*); set
-# DDPM_BOOK_ENFORCE_WIDTH=all to enforce them everywhere, e.g. `make test DDPM_BOOK_ENFORCE_WIDTH=all`.
+# (comma-separated globs over toc names, or all/none; default: all, every page), e.g.
+# `make test DDPM_BOOK_ENFORCE_WIDTH="book/*,search,notebooks/0[1-4]_*"` while chapters are refitted.
 # `make width-report` lists every offender of every page in _build/width_report.json.
 #
 # Other targets: venv, chromium, node-deps, lint, check-notebooks, book-stored, unit, nbval,
@@ -171,11 +171,15 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest tests -m slow
 
 # The whole book as one PDF: Jupyter Book's LaTeX builder (xelatex through latexmk) on the
-# stored outputs, with Debian's TeX Live installed by `make tex`.
+# stored outputs, with Debian's TeX Live installed by `make tex`. --all: every page is read
+# afresh for LaTeX. Jupyter Book keeps ONE Sphinx environment (_build/.doctrees) for all its
+# builders, so without it a PDF built right after an HTML build (`make book-stored`, which
+# `make test` runs) reused the pages as the HTML build had read them: whether the PDF came out
+# right depended on which build ran last.
 pdf: $(STAMP) tex
 	$(BIN)/python tools/book_config.py _config.yml $(STORED_CONFIG)
 	rm -rf _build/latex   # Sphinx's LaTeX Makefile builds every .tex it finds there
-	$(BIN)/jupyter-book build . --builder pdflatex --config $(STORED_CONFIG)
+	$(BIN)/jupyter-book build . --builder pdflatex --all --config $(STORED_CONFIG)
 	@ls -l _build/latex/*.pdf
 
 # JupyterLab on this machine's .venv (as root it needs --allow-root; headless: see README)

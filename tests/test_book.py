@@ -370,6 +370,70 @@ def test_no_root_static_folder_with_scripts():
     assert not static.exists() or not list(static.rglob("*.js"))
 
 
+def _load_ext(name: str):
+    spec = importlib.util.spec_from_file_location(f"ddpm_book_ext_{name}", REPO / "book" / "_ext" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fake_app(fmt: str):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(builder=SimpleNamespace(format=fmt), config=SimpleNamespace(math_number_all=False))
+
+
+def test_pdf_chapter_numbers_go_into_the_assembled_tree():
+    """The PDF's chapter-numbering switches are added to the LaTeX builder's assembled tree (one
+    start_of_file per page) on every LaTeX build, not when a page is read: the pages may have
+    been read by an HTML build (one environment for all builders), which adds nothing."""
+    from docutils import nodes
+    from sphinx import addnodes
+
+    reader = _load_ext("book_reader")
+    tree = nodes.document(None, None)
+    for doc in ("book/notation", "book/reading_guide", "notebooks/01_forward_process", "notebooks/02_posterior",
+                "book/glossary"):
+        part = addnodes.start_of_file(docname=doc)
+        part += nodes.section()
+        tree += part
+    reader._latex_chapter_numbers(_fake_app("html"), tree, "book/intro")
+    assert not list(tree.findall(nodes.raw))
+    reader._latex_chapter_numbers(_fake_app("latex"), tree, "book/intro")
+    raw = {n.parent["docname"]: n.astext() for n in tree.findall(nodes.raw)}
+    assert set(raw) == {"book/notation", "notebooks/01_forward_process", "book/glossary"}  # first of a part
+    assert r"\setcounter{secnumdepth}{-1}" in raw["book/notation"] and "-1" not in raw["notebooks/01_forward_process"]
+    assert all(isinstance(part.children[0], nodes.raw) for part in tree.findall(addnodes.start_of_file)
+               if part["docname"] in raw)
+
+
+def test_pdf_moves_tag_out_of_split():
+    r"""A display equation with \tag{eq. 14} (ch05) stopped `make pdf`: Sphinx's LaTeX wraps it in
+    split, where amsmath forbids \tag. For LaTeX the tag goes just before the outer \end."""
+    from docutils import nodes
+
+    fixes = _load_ext("ddpm_book_fixes")
+    tex = r"L = \mathbb E\big[\|\epsilon - \epsilon_\theta\|^2\big] \tag{eq. 14}"
+    out = fixes.latex_tag_outside(tex, None, False)
+    assert out.startswith(r"\begin{equation*}") and out.endswith("\\end{split}\n\\tag{eq. 14}\\end{equation*}")
+    assert out.count(r"\tag") == 1 and out.index(r"\tag") > out.index(r"\end{split}")
+    labelled = fixes.latex_tag_outside(tex, "equation:notebooks/05_x:ch05-eq14", False)
+    assert labelled.startswith(r"\begin{equation}\label{equation:notebooks/05_x:ch05-eq14}")
+    assert labelled.endswith(r"\tag{eq. 14}\end{equation}")
+    two_parts = fixes.latex_tag_outside("a = b\n\nc = d \\tag{7}", None, False)
+    assert two_parts.endswith(r"\end{aligned}\tag{7}\end{align*}")
+    assert fixes.latex_tag_outside("a = b", None, False) is None
+    assert fixes.latex_tag_outside(r"a \tag{1} \\ b \tag{2}", None, False) is None  # left to LaTeX
+    tree = nodes.document(None, None)
+    tree += nodes.math_block(tex, tex, docname="notebooks/05_x", label=None, nowrap=False)
+    tree += nodes.math_block("x = y", "x = y", docname="notebooks/05_x", label=None, nowrap=False)
+    fixes._latex_tags(_fake_app("html"), tree, "index")  # MathJax shows \tag as it is
+    assert [n.astext() for n in tree.findall(nodes.math_block)] == [tex, "x = y"]
+    fixes._latex_tags(_fake_app("latex"), tree, "index")
+    first, second = tree.findall(nodes.math_block)
+    assert first["nowrap"] and first.astext() == out and not second["nowrap"] and second.astext() == "x = y"
+
+
 def test_stored_outputs_config(tmp_path):
     out = tmp_path / "cfg.yml"
     assert book_config.main([str(REPO / "_config.yml"), str(out)]) == 0
@@ -512,6 +576,117 @@ def test_browser_check_accepts_blocks_that_fit(tmp_path, browser):
     assert report.ok and report.width == [], report.problems
 
 
+# The theme's rules for a numbered display equation (pydata-sphinx-theme 0.16): the math div is a
+# row-reversed flexbox with the number first, the mjx-container grows into the rest and scrolls.
+THEME_MATH_CSS = ("<style>div.math { display: flex; flex-direction: row-reverse; gap: .5em; "
+                  "align-items: center; max-width: 100%; overflow: hidden; } "
+                  "div.math mjx-container { flex-grow: 1; overflow: auto; } "
+                  "span.eqno { display: inline-block; width: 62px; }</style>")
+
+
+def _book_css() -> str:
+    return f'<link rel="stylesheet" href="{(REPO / "book" / "_static" / "ddpm_book.css").as_uri()}">'
+
+
+def test_browser_check_measures_a_numbered_equation_beside_its_number(tmp_path, browser):
+    """A numbered equation's mjx-container sits beside the number, about 70 px narrower than the
+    math div around both (ch05's eq. 13: 971 px of formula in a 906-px box, inside a 977-px div).
+    The formula is measured against the box that scrolls, the mjx-container itself: an equation
+    that fits the div but not the space beside its number is reported, the same formula without
+    a number is not, and a shorter numbered one is not."""
+    body = (THEME_MATH_CSS + _book_css() + '<article class="bd-article" style="width: 600px">'
+            '<div class="math notranslate nohighlight" id="equation-wide"><span class="eqno">(5.1)</span>'
+            r'\[a_{\mathrm{wide}} + \hspace{490px} b\]</div>'
+            '<div class="math notranslate nohighlight" id="equation-short"><span class="eqno">(5.2)</span>'
+            r'\[a_{\mathrm{short}} + \hspace{380px} b\]</div>'
+            r'<div class="math notranslate nohighlight">\[a_{\mathrm{plain}} + \hspace{490px} b\]</div>'
+            '</article>')
+    report = browser.check_page(_page(tmp_path, "numbered.html", body), enforce_width=True)
+    desktop = [o for o in report.width if o.viewport == "1280x800"]
+    assert len(desktop) == 1, report.width
+    assert desktop[0].kind == "equation" and r"a_{\mathrm{wide}}" in desktop[0].snippet
+    need, have = map(int, re.search(r"content (\d+) px > box (\d+) px", desktop[0].why).groups())
+    assert 530 < need < 590 and have < 600 - 62 and need > have  # fits the div, not beside its number
+    assert any(r"a_{\mathrm{wide}}" in p and "does not fit" in p for p in report.problems)
+
+
+def test_browser_check_measures_code_blocks_in_cell_outputs(tmp_path, browser):
+    """A cell's Markdown output may show code blocks (chapter 9 prints the shell commands to run)
+    and tables: they are measured like any code block or table (kind "output"), once each."""
+    command = "python -m ddpm_ref train --config cifar10 --data cifar10:data/cifar10 " + "--flag value " * 10
+    cells = "".join(f"<td style='white-space: nowrap'>column number {i} of the table</td>" for i in range(8))
+    body = ('<article class="bd-article" style="width: 600px">'
+            '<div class="cell_output docutils container">'
+            '<div class="output stream highlight-myst-ansi"><div class="highlight"><pre>printed: ok</pre></div></div>'
+            '<p><strong>train, 1 GPU</strong></p>'
+            '<div class="highlight-bash notranslate"><div class="highlight">'
+            f'<pre style="overflow-x: auto">{command}</pre></div></div>'
+            '<div class="highlight-bash notranslate"><div class="highlight">'
+            '<pre style="overflow-x: auto">python -m ddpm_ref sample --help</pre></div></div>'
+            '<div class="pst-scrollable-table-container" style="overflow-x: auto">'
+            f'<table><tr>{cells}</tr></table></div>'
+            '</div></article>')
+    report = browser.check_page(_page(tmp_path, "outputs.html", body, mathjax=False), enforce_width=True)
+    desktop = [o for o in report.width if o.viewport == "1280x800"]
+    assert sorted(o.kind for o in desktop) == ["output", "output"], report.width
+    assert any("python -m ddpm_ref train" in o.snippet and "1 lines" in o.snippet for o in desktop)
+    assert any("column number 0" in o.snippet for o in desktop)
+    assert not any("sample --help" in o.snippet or "printed: ok" in o.snippet for o in report.width)
+    assert sum("does not fit" in p for p in report.problems) == len(report.width)
+
+
+# A stand-in for Sphinx's search page: like searchtools.js it adds the results one at a time
+# (here two at once, then a pause, then eight more 30 ms apart), each passage a moment after its
+# result, and prints "Search finished, found N page(s) ..." only after the last one.
+SLOW_SEARCH_PAGE = """<!DOCTYPE html><html lang="en"><head><title>search</title></head><body>
+<div id="search-results"></div>
+<script>
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+(async () => {
+  const out = document.getElementById('search-results');
+  out.appendChild(document.createElement('h2')).textContent = 'Searching';
+  const status = out.appendChild(document.createElement('p'));
+  status.classList.add('search-summary');
+  const list = out.appendChild(document.createElement('ul'));
+  list.classList.add('search');
+  const total = %(total)d;
+  for (let i = 0; i < total; i++) {
+    const li = list.appendChild(document.createElement('li'));
+    const a = li.appendChild(document.createElement('a'));
+    a.href = `page${i}.html`; a.textContent = `Page ${i}`;
+    Promise.resolve().then(() => {
+      const p = li.appendChild(document.createElement('p'));
+      p.className = 'context'; p.textContent = `... the posterior variance, page ${i} ...`;
+    });
+    await sleep(i === 1 ? 600 : 30);
+  }
+  if (%(finish)s) status.innerText = total
+    ? `Search finished, found ${total} page(s) matching the search query.`
+    : 'Your search did not match any documents.';
+})();
+</script></body></html>"""
+
+
+def test_search_waits_until_sphinx_has_finished(tmp_path, browser):
+    """The search helper reads the results only once the page says the search finished: Sphinx
+    shows them one at a time, and a probe that stopped as soon as the results shown so far each
+    had a passage returned 2 of 19 results in 2 of 5 runs."""
+    page = tmp_path / "search.html"
+    page.write_text(SLOW_SEARCH_PAGE % {"total": 10, "finish": "true"}, encoding="utf8")
+    results = browser.search(page, "posterior variance")
+    assert len(results) == 10, results  # the old probe returned the first 2
+    assert results.found == 10
+    assert all("posterior variance" in r["passage"] for r in results)
+    assert results.summary.startswith("Search finished, found 10 page(s)")
+    none = tmp_path / "nothing.html"
+    none.write_text(SLOW_SEARCH_PAGE % {"total": 0, "finish": "true"}, encoding="utf8")
+    assert browser.search(none, "zzz") == [] and browser.search(none, "zzz").found == 0
+    stuck = tmp_path / "stuck.html"
+    stuck.write_text(SLOW_SEARCH_PAGE % {"total": 3, "finish": "false"}, encoding="utf8")
+    with pytest.raises(check_book_html.BrowserError, match="did not finish"):
+        browser.search(stuck, "posterior variance", timeout=2)
+
+
 def test_width_switch_patterns(monkeypatch):
     patterns = check_book_html.width_patterns
     assert patterns("all") == ["*"] and patterns("none") == [] and patterns("book/*, notebooks/02_*") == [
@@ -520,6 +695,9 @@ def test_width_switch_patterns(monkeypatch):
     assert patterns() == ["notebooks/0[1-3]_*"]
     monkeypatch.delenv("DDPM_BOOK_ENFORCE_WIDTH")
     assert patterns() == patterns(check_book_html.DEFAULT_ENFORCE_WIDTH)
+    # by default the width rules hold on every page of the book
+    default = patterns(check_book_html.DEFAULT_ENFORCE_WIDTH)
+    assert all(check_book_html.width_enforced(page, default) for page in check_book_html.toc_pages(REPO / "_toc.yml"))
     enforced = check_book_html.width_enforced
     assert enforced("book/notation", patterns("book/*,index")) and not enforced("notebooks/02_posterior",
                                                                                  patterns("book/*"))
@@ -648,7 +826,7 @@ def test_execution_report_lists_every_chapter(book_reports):
 def test_search_shows_passages_offline(browser, book_reports):
     """The search page (opened from disk) lists matching pages WITH the matching passage."""
     results = browser.search(HTML_DIR / "search.html", "posterior variance")
-    assert len(results) >= 3
+    assert results.summary.startswith("Search finished") and len(results) == results.found >= 3
     with_passage = [r for r in results if "posterior" in r["passage"].lower()]
     assert len(with_passage) >= 3, results[:3]
     assert any(r["href"].startswith("notebooks/02_posterior") for r in results)
@@ -723,11 +901,22 @@ def test_format_notebook_code_keeps_outputs(tmp_path):
 @pytest.mark.slow
 def test_make_pdf_builds_the_whole_book():
     """`make pdf` gives one PDF of the whole book: every chapter, numbered equations and
-    figures, and no unresolved reference (LaTeX prints those as "??")."""
+    figures, and no unresolved reference (LaTeX prints those as "??").
+
+    Jupyter Book keeps one Sphinx environment (_build/.doctrees) for all its builders, and the
+    PDF used to come out right only when the last build before it was a PDF build: after an HTML
+    build it reused the pages as read for HTML (chapters numbered from 3). So an HTML-family
+    build runs first here (dirhtml: it leaves _build/html alone), the order that failed."""
     import subprocess
 
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
+    config = REPO / "_build" / "_config.stored-outputs.yml"
+    assert book_config.main([str(REPO / "_config.yml"), str(config)]) == 0
+    html_first = subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", ".", "--builder",
+                                 "dirhtml", "--all", "--config", str(config)], cwd=REPO, capture_output=True, text=True)
+    assert html_first.returncode == 0, html_first.stdout[-3000:] + html_first.stderr[-3000:]
+    shutil.rmtree(REPO / "_build" / "dirhtml", ignore_errors=True)  # only its reading mattered
     run = subprocess.run(["make", "pdf"], cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     pdf = REPO / "_build" / "latex" / "book.pdf"

@@ -13,8 +13,11 @@ finished and every image has either loaded or failed:
 * every file the page requested (scripts, styles, fonts, images) loaded, and the page's
   scripts threw no uncaught exception;
 * exactly one search box is visible, at a 1280 x 800 window and at a 390-pixel phone width;
-* **width** (at 1280 x 800): no display equation (``mjx-container[display]``), code block,
-  cell output or table is wider than its container or needs sideways scrolling; (at 390 px)
+* **width** (at 1280 x 800): no display equation (``mjx-container[display]``), code block
+  (those a cell's Markdown output shows included), cell output or table needs sideways scrolling
+  or reaches past its container: each is measured against the box that actually scrolls or
+  clips it (a numbered equation against its mjx-container, which sits beside the equation
+  number and is narrower than the math div around both); (at 390 px)
   nothing is clipped and the page itself does not scroll sideways (an equation, a code block or
   a table may scroll inside its own box there). Each offender is reported with its page, kind
   and a snippet. Which pages must pass is a switch (``--enforce-width`` or the environment
@@ -71,9 +74,9 @@ AXE_JS = REPO / "node_modules" / "axe-core" / "axe.min.js"
 DESKTOP = (1280, 800)
 PHONE = (390, 844)
 #: pages whose width offenders fail the check unless DDPM_BOOK_ENFORCE_WIDTH / --enforce-width
-#: say otherwise: the prose pages and the generated ones (the notebooks' code and equations are
-#: fitted in a final pass; then set it to "all").
-DEFAULT_ENFORCE_WIDTH = "book/*,index,search"
+#: say otherwise: every page (a chapter being refitted can be left out for a while with globs,
+#: e.g. DDPM_BOOK_ENFORCE_WIDTH="book/*,search,notebooks/0[1-4]_*").
+DEFAULT_ENFORCE_WIDTH = "all"
 AXE_IMPACTS = ("serious", "critical")
 
 # Flags for a root, offline, display-less machine (see the machine notes): no sandbox (root),
@@ -181,9 +184,14 @@ PAGE_PROBE_JS = r"""
 """
 
 
-# Runs inside the page at the current viewport. Measures every display equation, code block,
-# cell output and table against its container, and counts the visible search boxes.
-# mode "desktop": a block must fit (no sideways scrolling, not past its container's edge);
+# Runs inside the page at the current viewport. Measures every display equation, code block
+# (program listings anywhere, the shell commands a cell's Markdown output shows among them), cell
+# output and table, and counts the visible search boxes.
+# mode "desktop": a block must fit: its content is measured against the box that actually
+# scrolls or clips it (the nearest element, itself included, whose overflow-x is not visible:
+# for a display equation the mjx-container, which sits BESIDE the equation number and is that
+# much narrower than the math div around both), and the block must not reach past its container
+# or the article's right edge;
 # mode "phone": nothing may be clipped (a block may scroll inside its own box) and the page
 # itself must not scroll sideways.
 LAYOUT_PROBE_JS = r"""
@@ -208,46 +216,69 @@ LAYOUT_PROBE_JS = r"""
   const snippet = (el, kind) => {
     let t = kind === 'equation' ? (tex.get(el) || el.textContent) : el.textContent;
     t = (t || '').replace(/\s+/g, ' ').trim();
-    if (kind === 'code') {
-      const lines = (el.textContent || '').split('\n');
+    if (el.tagName === 'PRE') {
+      const lines = (el.textContent || '').replace(/\n$/, '').split('\n');
       let longest = lines.reduce((a, b) => (b.length > a.length ? b : a), '');
       return `${lines.length} lines, longest ${longest.length} chars: ${longest.trim().slice(0, 90)}`;
     }
     return t.slice(0, 100);
   };
+  const tag = (e) => `${e.tagName.toLowerCase()}.${(e.className || '').toString().split(' ')[0]}`;
   const scrollsX = (el) => ['auto', 'scroll'].includes(getComputedStyle(el).overflowX);
   const clipsX = (el) => ['hidden', 'clip'].includes(getComputedStyle(el).overflowX);
   const blocks = [];
-  const add = (kind, el, contentWidth) => blocks.push({ kind, el, contentWidth });
+  const seen = new Set();
+  const add = (kind, el, contentWidth) => {
+    if (seen.has(el)) return;
+    seen.add(el);
+    blocks.push({ kind, el, contentWidth });
+  };
+  const inOutput = (el) => !!el.closest('.cell_output');
   for (const el of article.querySelectorAll('mjx-container[display="true"]')) {
     const m = el.querySelector('mjx-math');
     add('equation', el, m ? m.getBoundingClientRect().width : el.scrollWidth);
   }
-  for (const el of article.querySelectorAll('div.highlight > pre')) {
-    if (el.closest('.cell_output')) continue;
-    add('code', el, el.scrollWidth);
+  // every listing: a cell's code, a code block in the prose, and inside a cell's output both the
+  // printed text and the code blocks its Markdown displays (e.g. shell commands)
+  for (const el of article.querySelectorAll('pre')) {
+    if (el.closest('mjx-container')) continue;
+    add(inOutput(el) ? 'output' : 'code', el, el.scrollWidth);
   }
-  const outputs = '.cell_output .output pre, .cell_output .output.text_html, .cell_output img';
-  for (const el of article.querySelectorAll(outputs)) {
+  for (const el of article.querySelectorAll('.cell_output .output.text_html, .cell_output img')) {
     add('output', el, el.tagName === 'IMG' ? el.getBoundingClientRect().width : el.scrollWidth);
   }
   for (const el of article.querySelectorAll('table')) {
-    if (el.closest('.cell_output')) continue;
-    add('table', el, el.getBoundingClientRect().width);
+    add(inOutput(el) ? 'output' : 'table', el, el.getBoundingClientRect().width);
   }
+  // the box that scrolls or clips a block sideways: the nearest element (the block itself
+  // included) inside the article whose overflow-x is not visible; null if none
+  const clipBox = (el) => {
+    for (let e = el; e && e !== article; e = e.parentElement) {
+      if (getComputedStyle(e).overflowX !== 'visible') return e;
+    }
+    return null;
+  };
+  const ar = article.getBoundingClientRect();
+  const articleRight = ar.right - parseFloat(getComputedStyle(article).paddingRight || '0');
   const offenders = [];
+  const reported = new Set();  // a scrolling box is reported once (a table in a scrolling output)
   const vw = document.documentElement.clientWidth;
   for (const { kind, el, contentWidth } of blocks) {
     if (!visible(el)) continue;
     const r = el.getBoundingClientRect();
     const container = el.parentElement;
     const cr = container.getBoundingClientRect();
-    const have = kind === 'code' || kind === 'output' && el.tagName !== 'IMG' ? el.clientWidth
-      : container.clientWidth;
     let why = null;
+    let box = null;
     if (mode === 'desktop') {
-      if (contentWidth > have + 1) why = `content ${Math.round(contentWidth)} px > box ${Math.round(have)} px`;
+      box = clipBox(el);
+      const limit = box || container;
+      const have = limit.clientWidth;
+      const need = Math.max(contentWidth, box ? box.scrollWidth : 0);
+      const named = box && box !== el ? ` (${tag(box)})` : '';
+      if (need > have + 1) why = `content ${Math.round(need)} px > box ${Math.round(have)} px${named}`;
       else if (r.right > cr.right + 1) why = `right edge ${Math.round(r.right - cr.right)} px past its container`;
+      else if (r.right > articleRight + 1) why = `right edge ${Math.round(r.right - articleRight)} px past the column`;
     } else {
       // phone: find the nearest box that scrolls sideways; content wider than a box that clips
       // is cut; a block running past the screen with no scrolling box around it is cut too.
@@ -255,19 +286,24 @@ LAYOUT_PROBE_JS = r"""
       for (let e = el; e && e !== document.body; e = e.parentElement) {
         if (scrollsX(e) && e.scrollWidth > e.clientWidth + 1) { scroller = e; break; }
         if (clipsX(e) && e.scrollWidth > e.clientWidth + 1) {
-          why = `clipped by ${e.tagName.toLowerCase()}.${(e.className || '').toString().split(' ')[0]}` +
-                ` (${e.scrollWidth} px in ${e.clientWidth} px)`;
+          why = `clipped by ${tag(e)} (${e.scrollWidth} px in ${e.clientWidth} px)`;
+          box = e;
           break;
         }
         if (scrollsX(e)) { scroller = e; break; }
       }
       if (!why) {
-        const box = scroller ? scroller.getBoundingClientRect() : r;
-        const right = scroller ? box.right : Math.max(r.right, r.left + contentWidth);
+        const sr = scroller ? scroller.getBoundingClientRect() : r;
+        const right = scroller ? sr.right : Math.max(r.right, r.left + contentWidth);
         if (right > vw + 1) why = `runs ${Math.round(right - vw)} px past the ${vw}-px screen`;
+        box = scroller;
       }
     }
-    if (why) offenders.push({ kind, why, snippet: snippet(el, kind) });
+    if (!why) continue;
+    if (box && box !== el && reported.has(box)) continue;
+    if (box) reported.add(box);
+    reported.add(el);
+    offenders.push({ kind, why, snippet: snippet(el, kind) });
   }
   const pageWidth = document.documentElement.scrollWidth;
   if (pageWidth > vw + 1) {
@@ -378,23 +414,53 @@ AXE_RUN_JS = r"""
 """
 
 
-# Runs on the search page opened with ?q=...: waits until every result shows its passage.
+# Runs on the search page opened with ?q=...: waits until Sphinx's searchtools.js has finished
+# (its summary line says "Search finished, found N page(s) ..." or "did not match"), then until
+# every listed result has its passage. Sphinx adds the results ONE AT A TIME (a 5-ms timer per
+# result) and each passage later still (a fetch per result), so neither "some results, each
+# with a passage" nor "no change for a while" means the search is done: only the summary does.
+# Returns {finished, summary, found, items}; ``found`` is the count the summary states.
 SEARCH_PROBE_JS = r"""
 (async () => {
   const deadline = Date.now() + %(ms)d;
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
   const items = () => Array.from(document.querySelectorAll('#search-results li'));
-  while (Date.now() < deadline) {
+  const summaryEl = () => document.querySelector('#search-results p.search-summary');
+  const summary = () => ((summaryEl() || {}).textContent || '').trim();
+  const finished = () => /Search finished|did not match/.test(summary());
+  while (Date.now() < deadline && !finished()) await sleep(50);
+  const done = finished();
+  // the passages arrive after the summary (one fetch per result): wait for each of them, or
+  // until they stop coming (a result without text to cut a passage from never gets one)
+  let last = -1, stableSince = Date.now();
+  while (done && Date.now() < deadline) {
     const its = items();
-    if (its.length && its.every((li) => li.querySelector('p.context'))) break;
-    if (document.querySelector('#search-results > p.search-summary, #search-results p')
-        && /did not match/.test(document.querySelector('#search-results').textContent)) break;
-    await sleep(100);
+    const withPassage = its.filter((li) => li.querySelector('p.context')).length;
+    if (withPassage === its.length) break;
+    if (withPassage !== last) { last = withPassage; stableSince = Date.now(); }
+    else if (Date.now() - stableSince > 1000) break;
+    await sleep(50);
   }
-  return items().map((li) => ({ title: li.querySelector('a').textContent,
-    href: li.querySelector('a').getAttribute('href'),
-    passage: (li.querySelector('p.context') || { textContent: '' }).textContent }));
+  const m = summary().match(/found (\d+) page/);
+  return {
+    finished: done,
+    summary: summary(),
+    found: m ? parseInt(m[1], 10) : (/did not match/.test(summary()) ? 0 : null),
+    items: items().map((li) => ({ title: (li.querySelector('a') || { textContent: '' }).textContent,
+      href: (li.querySelector('a') || { getAttribute: () => '' }).getAttribute('href'),
+      passage: (li.querySelector('p.context') || { textContent: '' }).textContent })),
+  };
 })()"""
+
+
+class SearchResults(list):
+    """The results a search page listed (each ``{"title", "href", "passage"}``), with the
+    summary line Sphinx printed when it finished (``summary``) and the count it states."""
+
+    def __init__(self, items, summary: str = "", found: int | None = None):
+        super().__init__(items)
+        self.summary = summary
+        self.found = found
 
 
 @dataclass
@@ -731,8 +797,11 @@ class Chromium:
             more = f" (+{len(v['nodes']) - 3} more)" if len(v["nodes"]) > 3 else ""
             report.problems.append(f"accessibility ({mode}, {v['impact']}): {v['id']}: {v['help']}: {where}{more}")
 
-    def search(self, search_page: Path, query: str, timeout: float = 30.0) -> list[dict]:
-        """Run the book's own search page on ``query``; each result's title and passage."""
+    def search(self, search_page: Path, query: str, timeout: float = 30.0) -> SearchResults:
+        """Run the book's own search page on ``query``: every result's title, link and passage,
+        read once Sphinx has FINISHED the search (its summary line), not while it is still
+        adding results. Raises BrowserError if the search did not finish within ``timeout`` or
+        listed another number of results than its summary states."""
         url = Path(search_page).resolve().as_uri() + "?q=" + query
         target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
@@ -743,8 +812,17 @@ class Chromium:
             js = SEARCH_PROBE_JS % {"ms": int(timeout * 1000)}
             result = self.send("Runtime.evaluate", {"expression": js, "awaitPromise": True, "returnByValue": True},
                                session=session, timeout=timeout + 10)
-            return result["result"].get("value") or []
+            found = result["result"].get("value")
+            if not found or not found["finished"]:
+                summary = (found or {}).get("summary", "")
+                raise BrowserError(f"the search for {query!r} did not finish within {timeout:.0f} s "
+                                   f"(summary line: {summary!r})")
+            if found["found"] is not None and found["found"] != len(found["items"]):
+                raise BrowserError(f"the search for {query!r} listed {len(found['items'])} results but its "
+                                   f"summary says: {found['summary']!r}")
+            return SearchResults(found["items"], found["summary"], found["found"])
         finally:
+            self.take_events(session)
             self.send("Target.closeTarget", {"targetId": target})
 
     def _failed_requests_and_exceptions(self, session: str) -> list[str]:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from docutils import nodes
 from docutils.parsers.rst import directives
+from sphinx import addnodes
 from sphinx.util.docutils import SphinxDirective
 
 STATIC = Path(__file__).resolve().parents[1] / "_static"
@@ -191,16 +192,24 @@ def _part_switches(toc_file: Path) -> dict[str, str]:
     return out
 
 
-def _latex_chapter_numbers(app, doctree) -> None:
-    """doctree-read (LaTeX only): the PDF numbers chapters as the HTML book does. The theme's
+def _latex_chapter_numbers(app, doctree, docname) -> None:
+    """doctree-resolved (LaTeX only): the PDF numbers chapters as the HTML book does. The theme's
     HTML numbers only the chapters of numbered parts (notation and reading guide have no
     number, the forward process is chapter 1); LaTeX numbered every chapter, so chapter N
-    of the HTML was N + 2 in the PDF, and so were its figures and equations."""
+    of the HTML was N + 2 in the PDF, and so were its figures and equations.
+
+    The switches go into the LaTeX builder's assembled tree (one ``start_of_file`` node per
+    page) when it is resolved, i.e. on every LaTeX build. They used to be added when a page was
+    READ, which the PDF build skips when it finds the pages already read: Jupyter Book keeps one
+    environment (``_build/.doctrees``) for every builder, so a PDF built after an HTML build
+    reused the HTML build's pages, without switches, and numbered chapter 1 as 3."""
     if app.builder.format != "latex":
         return
-    switch = _part_switches(REPO / "_toc.yml").get(app.env.docname)
-    if switch:
-        doctree.insert(0, nodes.raw("", switch + "\n", format="latex"))
+    switches = _part_switches(REPO / "_toc.yml")
+    for node in list(doctree.findall(addnodes.start_of_file)):
+        switch = switches.get(node.get("docname"))
+        if switch:
+            node.insert(0, nodes.raw("", switch + "\n", format="latex"))
 
 
 # ---------------------------------------------------------------------------------- alt text
@@ -425,7 +434,7 @@ def setup(app):
     app.add_node(execution_report_placeholder)
     app.connect("doctree-read", _add_runinfo)
     app.connect("doctree-read", _figure_alt)
-    app.connect("doctree-read", _latex_chapter_numbers)
+    app.connect("doctree-resolved", _latex_chapter_numbers)
     app.connect("doctree-resolved", _resolve_placeholders)
     app.add_directive("execution-report", ExecutionReport)
     app.add_directive("landing-figure", LandingFigure)

@@ -19,11 +19,18 @@ dropping the weight" became the link text "L_\mathrm{simple}: dropping the weigh
 extension records the title nodes (math included) of every section whose heading has math, and
 puts them back into each reference that shows exactly that title. (Chapter titles avoid TeX
 altogether: the theme's previous/next buttons strip markup from them.)
+
+``\tag`` in a display equation (the PDF). A chapter may name an equation by the paper's number,
+``$$ L_\text{simple} = ... \tag{eq. 14} $$``: MathJax shows "(eq. 14)", but Sphinx's LaTeX writer
+wraps every display equation in ``\begin{split}`` (or ``aligned``), where amsmath refuses
+``\tag`` ("\tag not allowed here"), and ``make pdf`` stopped. For the LaTeX builder the tag is
+moved outside that inner environment, just before ``\end{equation*}``/``\end{align*}``.
 """
 
 from __future__ import annotations
 
 import posixpath
+import re
 
 from docutils import nodes
 
@@ -99,12 +106,47 @@ def _restore_math_in_refs(app, doctree, docname) -> None:
             inner.extend(c.deepcopy() for c in found[1])
 
 
+_TAG = re.compile(r"\\tag\*?\{[^{}]*\}")
+
+
+def latex_tag_outside(text: str, label: str | None, number_all: bool) -> str | None:
+    """The LaTeX of a display equation with one ``\\tag{...}``: Sphinx's wrapping
+    (``sphinx.util.math.wrap_displaymath``) of the equation without its tag, the tag put back just
+    before the outer ``\\end{...}``. None when the text has no tag or several (left to LaTeX)."""
+    from sphinx.util.math import wrap_displaymath
+
+    tags = _TAG.findall(text)
+    if len(tags) != 1:
+        return None
+    wrapped = wrap_displaymath(_TAG.sub("", text), label, number_all)
+    end = wrapped.rindex("\\end{")
+    return wrapped[:end] + tags[0] + wrapped[end:]
+
+
+def _latex_tags(app, doctree, docname) -> None:
+    """doctree-resolved (LaTeX only): display equations with ``\\tag`` (see the module docstring)."""
+    if app.builder.format != "latex":
+        return
+    for node in doctree.findall(nodes.math_block):
+        if node.get("nowrap"):
+            continue
+        label = f"equation:{node['docname']}:{node['label']}" if node.get("label") else None
+        latex = latex_tag_outside(node.astext(), label, app.config.math_number_all)
+        if latex is None:
+            continue
+        node.clear()
+        node += nodes.Text(latex)
+        node["nowrap"] = True  # the writer emits the text as it is ...
+        node["label"] = None  # ... and no second \label (it is inside the equation now)
+
+
 def setup(app):
     app.set_html_assets_policy("always")
     app.connect("doctree-read", _record_math_titles)
     app.connect("env-purge-doc", _purge_math_titles)
     app.connect("env-merge-info", _merge_math_titles)
     app.connect("doctree-resolved", _restore_math_in_refs)
+    app.connect("doctree-resolved", _latex_tags)
     # after the theme and the other extensions (default priority 500) filled the context
     app.connect("html-page-context", _dedupe_scripts, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
