@@ -56,7 +56,10 @@ def test_shipped_files_are_self_contained_and_match_their_checksums():
     for kind in ("ema", "raw"):
         data = (CKPT / f"{kind}.safetensors").read_bytes()
         sha = hashlib.sha256(data).hexdigest()
-        assert sha == run[f"{kind}_sha256"] and len(data) == run[f"{kind}_bytes"] and sha in readme
+        assert sha == run[f"{kind}_sha256"] and len(data) == run[f"{kind}_bytes"]
+        # the README's provenance names this file's checksum (not only the replaced model's)
+        assert re.search(rf"of\s+`{kind}.safetensors`: `{sha}`", readme), kind
+        assert sha != run["replaces"][f"{kind}_sha256"] and run["replaces"][f"{kind}_sha256"] in readme
         info = unet_file_info(CKPT / f"{kind}.safetensors")
         assert info["recipe"] == config and info["weights"] == kind
     from safetensors.torch import load_file
@@ -83,3 +86,19 @@ def test_sample_with_and_without_ema_from_the_folder(tmp_path, capsys, sampler):
     with np.load(tmp_path / "e" / "samples.npz") as e, np.load(tmp_path / "r" / "samples.npz") as r:
         assert not np.array_equal(e["images"], r["images"])
         assert json.loads(str(r["meta"]))["checkpoint"]["weights"] == "raw"
+
+
+def test_loss_log_is_the_runs_log_and_the_readme_quotes_it():
+    """loss_log.csv: the training loop's log every 20 steps over the whole run; the README's loss figures
+    (mean over steps 1-20 and over the last 200 steps) are read from it."""
+    import numpy as np
+
+    log = np.genfromtxt(CKPT / "loss_log.csv", delimiter=",", names=True)
+    assert log.dtype.names == ("step", "loss", "grad_norm", "grad_norm_max", "lr", "steps_per_sec")
+    run = json.loads((CKPT / "run.json").read_text())
+    assert np.array_equal(log["step"], np.arange(20, run["steps"] + 1, 20))
+    assert np.all(log["grad_norm"] <= log["grad_norm_max"]) and log["lr"].max() == 1e-3
+    readme = (CKPT / "README.md").read_text()
+    provenance = readme.split("## Provenance", 1)[1].split("**The earlier model.**", 1)[0]
+    quoted = f"{log['loss'][0]:.3f} over steps 1-20, {log['loss'][-10:].mean():.4f} over the last 200 steps"
+    assert quoted in " ".join(provenance.split()), quoted
