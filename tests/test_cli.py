@@ -287,29 +287,35 @@ def test_bpd_batch_checked_against_memory(monkeypatch, capsys, tmp_path):
 
 def test_inference_estimate_is_a_lower_bound_of_the_measured_peak():
     """The sampling memory estimate (meta device, tensors alive at once) never exceeds what one forward
-    pass really needs: the process's new peak resident memory minus its resident memory just before the
-    pass (measured in a fresh subprocess); and it is not a vacuous bound (at least 40% of it)."""
+    pass really needs: the process's peak resident memory during the pass (the kernel's VmHWM, reset
+    just before it through /proc/self/clear_refs) minus its resident memory before it (a fresh
+    subprocess); and it is not a vacuous bound (at least 40% of it)."""
     from ddpm_ref._resources import inference_memory_estimate
     from ddpm_ref.config import load_config
 
     code = (
-        "import resource, torch\n"
+        "import torch\n"
         "torch.set_num_threads(1)\n"
         "from ddpm_ref.config import load_config\n"
         "from ddpm_ref.unet import UNet\n"
+        "def status(key):\n"
+        "    for line in open('/proc/self/status'):\n"
+        "        if line.startswith(key + ':'):\n"
+        "            return int(line.split()[1]) * 1024\n"
         "kw = load_config('tiny').unet_kwargs(); m = UNet(**kw).eval()\n"
         "x = torch.randn(256, 3, 32, 32); t = torch.zeros(256, dtype=torch.long)\n"
         "with torch.no_grad():\n"
         "    m(x[:1], t[:1])\n"
-        "    peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
-        "    now = int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize()\n"
+        "    open('/proc/self/clear_refs', 'w').write('5')  # resets the peak RSS (VmHWM) to the current RSS\n"
+        "    now = status('VmRSS')\n"
+        "    assert status('VmHWM') <= now + (1 << 20), 'the peak RSS could not be reset'\n"
         "    y = m(x, t); del y\n"
-        "peak1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
-        "assert peak1 > peak0, 'the forward pass did not set a new peak: no measurement'\n"
-        "print(peak1 - now)\n"
+        "print(status('VmHWM') - now)\n"
     )
-    measured = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                  check=True).stdout.split()[-1])
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if run.returncode != 0:
+        pytest.skip(f"peak RSS cannot be measured here: {run.stderr.strip().splitlines()[-1:]}")
+    measured = int(run.stdout.split()[-1])
     est = inference_memory_estimate(load_config("tiny").unet_kwargs(), 256)
     print(f"estimate {est / 2**20:.1f} MB, measured peak rise {measured / 2**20:.1f} MB")
     assert 0.4 * measured <= est <= measured
