@@ -444,6 +444,8 @@ def _cmd_train(args) -> int:
 
 def _sampler_options(args) -> dict:
     """The options of the chosen sampler; an option of another sampler is an error (one line)."""
+    if args.eta is not None and args.sampler != "ddim":
+        raise _usage(f"--eta: applies to --sampler ddim only (the {args.sampler} sampler has no eta)")
     if args.sampler != "ode":
         for flag, v in (("--rtol", args.rtol), ("--atol", args.atol)):
             if v is not None:
@@ -484,10 +486,8 @@ def _cmd_sample(args) -> int:
 
     if args.sampler == "ddim" and args.steps is None:
         raise _usage("--sampler ddim: needs --steps K (e.g. 50 or 100)")
-    if args.eta is not None and args.sampler != "ddim":
-        raise _usage(f"--eta: applies to --sampler ddim only (the {args.sampler} sampler has no eta)")
-    out = check_output_dir(args.out, ("samples.npz", "samples.png"), force=args.force)
     opts = _sampler_options(args)
+    out = check_output_dir(args.out, ("samples.npz", "samples.png"), force=args.force)
     stats = {}
     info, device = init_distributed(args.device)
     try:
@@ -547,8 +547,6 @@ def _cmd_evaluate(args) -> int:
         raise _usage("--metric fid: needs --samples, or --checkpoint to generate samples")
     if args.sampler == "ddim" and args.steps is None and args.samples is None:
         raise _usage("--sampler ddim: needs --steps K (e.g. 50 or 100)")
-    if args.eta is not None and args.sampler != "ddim":
-        raise _usage(f"--eta: applies to --sampler ddim only (the {args.sampler} sampler has no eta)")
     args._sampler_opts = _sampler_options(args) if args.samples is None else {}
     _check_feature_weights(args.feature_weights)
     out = Path(args.out) if args.out else (Path(args.samples).parent if args.samples else _next_to(args.checkpoint))

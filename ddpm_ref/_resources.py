@@ -23,9 +23,12 @@ least"), and the batch size the message suggests is half of what the bound would
 from __future__ import annotations
 
 import contextlib
+import weakref
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 __all__ = ["training_memory_estimate", "inference_memory_estimate", "available_memory", "format_bytes"]
 
@@ -77,42 +80,29 @@ def training_memory_estimate(unet_kwargs: dict, batch: int, *, bf16: bool = Fals
     return int(per_image * batch + 5 * 4 * n_params)
 
 
-class _PeakLive:
+class _PeakLive(TorchDispatchMode):
     """Dispatch mode counting the bytes of the tensors the dispatched ops create and that are still
     referenced; ``peak`` is the largest such total. Views and in-place results (outputs that alias an
     input, per the op's schema) are not new memory and are not counted."""
 
-    def __new__(cls):
-        from torch.utils._python_dispatch import TorchDispatchMode
+    def __init__(self):
+        super().__init__()
+        self.live = 0
+        self.peak = 0
 
-        class Mode(TorchDispatchMode):
-            live = 0
-            peak = 0
+    def _free(self, n: int) -> None:
+        self.live -= n
 
-            def _free(self, n):
-                self.live -= n
-
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                import weakref
-
-                from torch.utils._pytree import tree_flatten
-
-                out = func(*args, **(kwargs or {}))
-                returns = func._schema.returns
-                flat, _ = tree_flatten(out)
-                for i, t in enumerate(flat):
-                    if not isinstance(t, torch.Tensor):
-                        continue
-                    ret = returns[min(i, len(returns) - 1)]
-                    if ret.alias_info is not None:
-                        continue
-                    n = t.untyped_storage().nbytes()
-                    self.live += n
-                    weakref.finalize(t, self._free, n)
-                self.peak = max(self.peak, self.live)
-                return out
-
-        return Mode()
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        returns = func._schema.returns
+        for i, t in enumerate(tree_flatten(out)[0]):
+            if isinstance(t, torch.Tensor) and returns[min(i, len(returns) - 1)].alias_info is None:
+                n = t.untyped_storage().nbytes()
+                self.live += n
+                weakref.finalize(t, self._free, n)
+        self.peak = max(self.peak, self.live)
+        return out
 
 
 def inference_memory_estimate(unet_kwargs: dict, batch: int, *, bf16: bool = False) -> int:
