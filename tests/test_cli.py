@@ -85,7 +85,7 @@ def test_subcommand_help(cmd, expected, capsys):
 def test_bad_arguments_give_clear_errors(tmp_path, capsys, argv, message):
     code = main([a.replace("{tmp}", str(tmp_path)) for a in argv] + (["--no-progress"] if argv[0] != "convert" else []))
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("error: ") and message in err, err
+    assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
 
 
 def test_argparse_errors_exit_2_with_one_line(capsys):
@@ -270,6 +270,7 @@ def test_sampling_batch_that_cannot_fit_is_refused(capsys, tmp_path):
                  "--out", str(tmp_path / "s"), *COMMON]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --batch-size 100000: one network evaluation on 100000 images needs at least")
+    assert err.count("\n") == 1 and "Traceback" not in err
     assert "use --batch-size" in err and not (tmp_path / "s" / "samples.npz").exists()
 
 
@@ -281,7 +282,8 @@ def test_bpd_batch_checked_against_memory(monkeypatch, capsys, tmp_path):
     assert main(["evaluate", "--metric", "bpd", "--checkpoint", str(TINY), "--data", "sample:test",
                  "--num-images", "8", "--batch-size", "64", "--out", str(tmp_path / "b"), *COMMON]) == 2
     err = capsys.readouterr().err
-    assert "--batch-size 8: one network evaluation on 8 images needs at least" in err
+    assert err.startswith("error: --batch-size 8: one network evaluation on 8 images needs at least")
+    assert err.count("\n") == 1
     assert "only 4.0 MB of memory is available" in err
 
 
